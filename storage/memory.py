@@ -1,0 +1,330 @@
+"""In-process storage: dicts and heaps in the broker. Nothing survives a restart.
+
+For tests, development and work that can be lost. Heaps use lazy deletion: an
+entry is skipped when its job has left the state the heap stands for, so every
+operation stays O(log n) without searching a heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from jobsd.storage.base import (
+    CANCELLED,
+    DEAD,
+    DONE,
+    FINAL_STATES,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    AddResult,
+    AttemptError,
+    Completion,
+    Failure,
+    JobRecord,
+    Lease,
+    NewJob,
+    QueueStats,
+    Storage,
+)
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._jobs: dict[str, JobRecord] = {}
+        self._errors: dict[str, list[AttemptError]] = defaultdict(list)
+        self._ready: dict[str, list[tuple[int, float, int, str]]] = defaultdict(list)
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._running: dict[str, JobRecord] = {}
+        self._active_keys: dict[str, str] = {}
+        self._paused: set[str] = set()
+        self._seq = itertools.count(1)
+
+    # -- internal moves between states ---------------------------------------
+
+    def _make_ready(self, job: JobRecord, now: float) -> None:
+        job.state = READY
+        job.updated_at = now
+        heapq.heappush(self._ready[job.queue], (job.priority, job.run_at, job.seq, job.id))
+
+    def _schedule(self, job: JobRecord, run_at: float, now: float) -> None:
+        job.run_at = run_at
+        if run_at <= now:
+            self._make_ready(job, now)
+            return
+        job.state = SCHEDULED
+        job.updated_at = now
+        heapq.heappush(self._scheduled, (run_at, job.seq, job.id))
+
+    def _finish(self, job: JobRecord, state: str, now: float) -> None:
+        job.state = state
+        job.updated_at = now
+        if job.unique_key is not None and self._active_keys.get(job.unique_key) == job.id:
+            del self._active_keys[job.unique_key]
+
+    def _leave_running(self, job: JobRecord) -> None:
+        self._running.pop(job.id, None)
+        job.lease_until = None
+        job.worker = None
+
+    def _current(self, lease: Lease) -> JobRecord | None:
+        job = self._running.get(lease.job_id)
+        if job is None or job.attempts != lease.attempt:
+            return None
+        return job
+
+    # -- producers -----------------------------------------------------------
+
+    def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
+        results = []
+        for new in jobs:
+            if new.id in self._jobs:
+                results.append(AddResult(new.id, False))
+                continue
+            holder = self._active_keys.get(new.unique_key) if new.unique_key else None
+            if holder is not None:
+                results.append(AddResult(holder, False))
+                continue
+            job = JobRecord(
+                id=new.id,
+                name=new.name,
+                queue=new.queue,
+                args=new.args,
+                priority=new.priority,
+                state=SCHEDULED,
+                run_at=new.run_at,
+                attempts=0,
+                max_attempts=new.max_attempts,
+                backoff=new.backoff,
+                timeout=new.timeout,
+                unique_key=new.unique_key,
+                seq=next(self._seq),
+                created_at=now,
+                updated_at=now,
+            )
+            self._jobs[job.id] = job
+            if job.unique_key is not None:
+                self._active_keys[job.unique_key] = job.id
+            self._schedule(job, new.run_at, now)
+            results.append(AddResult(job.id, True))
+        return results
+
+    # -- dispatch ------------------------------------------------------------
+
+    def claim(
+        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker: str
+    ) -> list[JobRecord]:
+        heads = [q for q in dict.fromkeys(queues) if q not in self._paused]
+        claimed: list[JobRecord] = []
+        while len(claimed) < limit:
+            best: tuple[int, float, int, str] | None = None
+            best_queue = ""
+            for queue in heads:
+                heap = self._ready.get(queue)
+                while heap and self._jobs.get(heap[0][3], _GONE).state != READY:
+                    heapq.heappop(heap)  # lazily drop entries of jobs that moved on
+                if heap and (best is None or heap[0] < best):
+                    best, best_queue = heap[0], queue
+            if best is None:
+                break
+            heapq.heappop(self._ready[best_queue])
+            job = self._jobs[best[3]]
+            job.state = RUNNING
+            job.attempts += 1
+            job.lease_until = lease_until
+            job.worker = worker
+            job.updated_at = now
+            self._running[job.id] = job
+            claimed.append(replace(job))
+        return claimed
+
+    def complete(self, completions: Sequence[Completion], now: float) -> list[bool]:
+        results = []
+        for done in completions:
+            job = self._current(Lease(done.job_id, done.attempt))
+            if job is None:
+                results.append(False)
+                continue
+            self._leave_running(job)
+            if done.reschedule_at is not None:
+                job.attempts = 0
+                job.error = None
+                self._schedule(job, done.reschedule_at, now)
+            else:
+                job.result = done.result
+                self._finish(job, DONE, now)
+            results.append(True)
+        return results
+
+    def fail(self, failures: Sequence[Failure], now: float) -> list[bool]:
+        results = []
+        for failure in failures:
+            job = self._current(Lease(failure.job_id, failure.attempt))
+            if job is None:
+                results.append(False)
+                continue
+            self._leave_running(job)
+            job.error = failure.error
+            self._errors[job.id].append(AttemptError(failure.attempt, now, failure.error))
+            if failure.retry_at is not None:
+                self._schedule(job, failure.retry_at, now)
+            else:
+                self._finish(job, failure.final_state, now)
+            results.append(True)
+        return results
+
+    def release(self, leases: Sequence[Lease], now: float) -> list[bool]:
+        results = []
+        for lease in leases:
+            job = self._current(lease)
+            if job is None:
+                results.append(False)
+                continue
+            self._leave_running(job)
+            job.attempts -= 1
+            self._make_ready(job, now)
+            results.append(True)
+        return results
+
+    def extend_leases(self, leases: Sequence[Lease], until: float) -> list[bool]:
+        results = []
+        for lease in leases:
+            job = self._current(lease)
+            if job is not None:
+                job.lease_until = until
+            results.append(job is not None)
+        return results
+
+    def expired(self, now: float, limit: int = 1000) -> list[JobRecord]:
+        late = [
+            replace(job)
+            for job in self._running.values()
+            if job.lease_until is not None and job.lease_until < now
+        ]
+        late.sort(key=lambda job: (job.lease_until or 0.0, job.seq))
+        return late[:limit]
+
+    def promote(self, now: float) -> int:
+        promoted = 0
+        while self._scheduled and self._scheduled[0][0] <= now:
+            run_at, _, job_id = heapq.heappop(self._scheduled)
+            job = self._jobs.get(job_id)
+            if job is None or job.state != SCHEDULED or job.run_at != run_at:
+                continue
+            self._make_ready(job, now)
+            promoted += 1
+        return promoted
+
+    def next_run_at(self) -> float | None:
+        heap = self._scheduled
+        while heap:
+            run_at, _, job_id = heap[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.state == SCHEDULED and job.run_at == run_at:
+                return run_at
+            heapq.heappop(heap)
+        return None
+
+    # -- inspection and administration ---------------------------------------
+
+    def get(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        return {i: replace(self._jobs[i]) for i in job_ids if i in self._jobs}
+
+    def errors(self, job_id: str) -> list[AttemptError]:
+        return list(self._errors.get(job_id, ()))
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> list[JobRecord]:
+        found = [
+            job
+            for job in self._jobs.values()
+            if (queue is None or job.queue == queue)
+            and (state is None or job.state == state)
+            and (before_seq is None or job.seq < before_seq)
+        ]
+        found.sort(key=lambda job: job.seq, reverse=True)
+        return [replace(job) for job in found[:limit]]
+
+    def stats(self) -> dict[str, QueueStats]:
+        stats: dict[str, QueueStats] = {}
+        for job in self._jobs.values():
+            stats.setdefault(job.queue, QueueStats()).counts[job.state] += 1
+        for queue in self._paused:
+            stats.setdefault(queue, QueueStats()).paused = True
+        return stats
+
+    def cancel(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        results = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            ok = job is not None and job.state in (SCHEDULED, READY)
+            if ok:
+                self._finish(job, CANCELLED, now)
+            results.append(ok)
+        return results
+
+    def retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        results = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            ok = job is not None and job.state in (DEAD, CANCELLED)
+            if ok and job.unique_key is not None:
+                ok = job.unique_key not in self._active_keys
+                if ok:
+                    self._active_keys[job.unique_key] = job.id
+            if ok:
+                job.attempts = 0
+                job.run_at = now
+                self._make_ready(job, now)
+            results.append(ok)
+        return results
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        return self._delete(
+            job_id for job_id in job_ids if self._jobs.get(job_id, _GONE).state in FINAL_STATES
+        )
+
+    def purge(self, states: Iterable[str], finished_before: float) -> int:
+        wanted = set(states) & FINAL_STATES
+        return self._delete(
+            [
+                job.id
+                for job in self._jobs.values()
+                if job.state in wanted and job.updated_at < finished_before
+            ]
+        )
+
+    def _delete(self, job_ids: Iterable[str]) -> int:
+        deleted = 0
+        for job_id in list(job_ids):
+            del self._jobs[job_id]
+            self._errors.pop(job_id, None)
+            deleted += 1
+        return deleted
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self._paused.add(queue)
+        else:
+            self._paused.discard(queue)
+
+    def paused_queues(self) -> set[str]:
+        return set(self._paused)
+
+
+# A stand-in for a missing job in lazy-deletion checks: in no state at all.
+_GONE = JobRecord(
+    id="", name="", queue="", args=b"", priority=0, state="", run_at=0.0, attempts=0,
+    max_attempts=None, backoff=None, timeout=None, unique_key=None, seq=0,
+    created_at=0.0, updated_at=0.0,
+)
