@@ -1,0 +1,1 @@
+"""Runnable example applications: each module exposes its Registry as `jobs`."""

@@ -1,0 +1,255 @@
+"""Runs jobs: plain functions on a pool of threads, ``async def`` ones on one
+event loop, and hands every outcome back to the worker's I/O thread.
+
+The I/O thread owns the socket (sockets are not thread-safe); job threads and
+the event loop only put outcomes on a queue and poke a pipe that the I/O
+thread polls, so a report goes out at once without the I/O thread ever waiting
+on a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobsd import protocol
+from jobsd.workers.registry import JobCancelled, Registry, Reschedule, Retry
+
+log = logging.getLogger("jobsd.worker")
+
+Report = protocol.Ack | protocol.Fail
+
+
+@dataclass(eq=False)
+class JobContext:
+    """What a job may know about its own run; pass ``context=True`` to get it."""
+
+    id: str
+    name: str
+    queue: str
+    attempt: int
+    state: Any
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancel was requested: a long job should check and stop."""
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
+
+
+@dataclass(eq=False)
+class Running:
+    """A job this worker holds: started, or waiting for a thread."""
+
+    job: protocol.Dispatch
+    context: JobContext
+    started: float | None = None
+    deadline: float | None = None
+    task: asyncio.Future[Any] | None = None
+    abandoned: bool = False
+
+
+class Wakeup:
+    """A pipe the I/O thread polls: any thread may poke it."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def poke(self) -> None:
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wakeup is already pending
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self._write_fd)
+
+
+class Executor:
+    def __init__(self, registry: Registry, state: Any, concurrency: int) -> None:
+        self.registry = registry
+        self.state = state
+        self.concurrency = concurrency
+        self.outcomes: queue.SimpleQueue[tuple[Running, Report]] = queue.SimpleQueue()
+        self.wakeup = Wakeup()
+        self._work: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- starting jobs -------------------------------------------------------------
+
+    def start(self, running: Running) -> None:
+        job = running.job
+        definition = self.registry.definitions.get(job.name)
+        if definition is None:
+            known = ", ".join(sorted(self.registry.definitions)) or "none"
+            self._report(
+                running,
+                protocol.Fail(
+                    job.id,
+                    job.attempt,
+                    f"UnknownJob: no job named {job.name!r} on this worker (it knows: {known})",
+                    protocol.FAIL_FINAL,
+                ),
+            )
+            return
+        if definition.is_async:
+            self._start_async(running)
+        else:
+            self._work.put(running)
+            self._grow()
+
+    def _grow(self) -> None:
+        """One thread per job up to the concurrency, plus one for each thread a
+        timed-out job still holds."""
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                return
+            self._threads += 1
+        threading.Thread(target=self._thread_main, name="jobsd-job", daemon=True).start()
+
+    def abandon(self, running: Running) -> None:
+        """A thread's job ran past its time limit: it is reported failed now and
+        its late outcome ignored. Python cannot stop a thread, so the thread
+        runs on; it returns to the pool when the function returns."""
+        running.abandoned = True
+        if running.task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(running.task.cancel)
+
+    def _thread_main(self) -> None:
+        while True:
+            running = self._work.get()
+            if running is None:
+                return
+            self._report(running, self._run_sync(running))
+            with self._lock:
+                self._idle += 1
+
+    def _run_sync(self, running: Running) -> Report:
+        running.started = time.monotonic()
+        definition = self.registry.definitions[running.job.name]
+        try:
+            args, kwargs = _decode_args(running.job.args)
+            if definition.pass_context:
+                args = [running.context, *args]
+            return self._success(running, definition.func(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - a job's failure, whatever it is
+            return _failure(running, exc)
+
+    def _start_async(self, running: Running) -> None:
+        loop = self._event_loop()
+        running.started = time.monotonic()
+        running.task = asyncio.run_coroutine_threadsafe(self._run_async(running), loop)  # type: ignore[assignment]
+
+    async def _run_async(self, running: Running) -> None:
+        definition = self.registry.definitions[running.job.name]
+        try:
+            args, kwargs = _decode_args(running.job.args)
+            if definition.pass_context:
+                args = [running.context, *args]
+            coro = definition.func(*args, **kwargs)
+            timeout = running.job.timeout
+            result = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+            report = self._success(running, result)
+        except asyncio.TimeoutError:
+            report = timed_out(running)
+        except asyncio.CancelledError:
+            report = timed_out(running) if running.abandoned else _failure(
+                running, JobCancelled("cancelled")
+            )
+        except BaseException as exc:  # noqa: BLE001 - a job's failure, whatever it is
+            report = _failure(running, exc)
+        self._report(running, report)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="jobsd-asyncio", daemon=True).start()
+            self._loop = loop
+        return self._loop
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def _success(self, running: Running, result: Any) -> Report:
+        job = running.job
+        if isinstance(result, Reschedule):
+            at = result.at if result.at is not None else time.time() + (result.delay or 0.0)
+            return protocol.Ack(job.id, job.attempt, None, at)
+        try:
+            packed = protocol.pack(result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return _failure(running, TypeError(f"the job's return value cannot be stored: {exc}"))
+        return protocol.Ack(job.id, job.attempt, packed)
+
+    def _report(self, running: Running, report: Report) -> None:
+        self.outcomes.put((running, report))
+        self.wakeup.poke()
+
+    def close(self) -> None:
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._work.put(None)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
+    payload = protocol.unpack(data)
+    if (
+        not isinstance(payload, list)
+        or len(payload) != 2
+        or not isinstance(payload[0], list)
+        or not isinstance(payload[1], dict)
+    ):
+        raise TypeError("job args must be msgpack [args array, kwargs map]")
+    return payload[0], payload[1]
+
+
+def _failure(running: Running, exc: BaseException) -> protocol.Fail:
+    job = running.job
+    if isinstance(exc, Retry):
+        at = exc.at if exc.at is not None else time.time() + (exc.delay or 0.0)
+        return protocol.Fail(job.id, job.attempt, str(exc), protocol.FAIL_RETRY, at)
+    if isinstance(exc, JobCancelled):
+        return protocol.Fail(
+            job.id, job.attempt, f"JobCancelled: {exc}", protocol.FAIL_CANCELLED
+        )
+    text = "".join(traceback.format_exception(exc)).strip()
+    return protocol.Fail(job.id, job.attempt, text, protocol.FAIL_ERROR)
+
+
+def timed_out(running: Running) -> protocol.Fail:
+    """The report for a job over its time limit."""
+    job = running.job
+    return protocol.Fail(
+        job.id,
+        job.attempt,
+        f"JobTimeout: ran longer than its time limit of {job.timeout} s",
+        protocol.FAIL_TIMEOUT,
+    )
+
