@@ -1,0 +1,1 @@
+"""Job applications that the end-to-end tests run in real worker processes."""

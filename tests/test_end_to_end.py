@@ -1,0 +1,127 @@
+"""A producer, a broker and workers as separate processes: what a user runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jobsd import JobFailed, JobRequest
+from tests.conftest import REPO, Cluster
+
+
+def test_submit_run_result(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "apps.probe:jobs")
+    client = cluster.client(endpoint)
+    job_id = client.submit("echo", 1, "two", three=3)
+    assert client.result(job_id, timeout=10) == {"args": [1, "two"], "kwargs": {"three": 3}}
+    status = client.status(job_id)
+    assert status is not None
+    assert (status.name, status.queue, status.state, status.attempts) == ("echo", "default", "done", 1)
+
+
+def test_async_handlers_run_on_the_event_loop(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "apps.probe:jobs", "-c", "4")
+    client = cluster.client(endpoint)
+    ids = [client.submit("async_echo", i, 0.05) for i in range(8)]
+    assert [client.result(i, timeout=10) for i in ids] == list(range(8))
+
+
+def test_each_queue_goes_only_to_its_workers(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    default_worker = cluster.worker(endpoint, "apps.probe:jobs", "-q", "default")
+    other_worker = cluster.worker(endpoint, "apps.probe:jobs", "-q", "other")
+    client = cluster.client(endpoint)
+    results = client.submit_many(
+        [JobRequest("whoami") for _ in range(20)] + [JobRequest("other_whoami") for _ in range(20)]
+    )
+    ran = [client.result(r.id, timeout=10) for r in results]
+    assert {r["pid"] for r in ran[:20]} == {default_worker.pid}
+    assert {r["pid"] for r in ran[20:]} == {other_worker.pid}
+    assert {r["queue"] for r in ran[20:]} == {"other"}
+
+
+def test_state_is_built_once_per_worker_process(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    first = cluster.worker(endpoint, "apps.probe:jobs", "-c", "4")
+    second = cluster.worker(endpoint, "apps.probe:jobs", "-c", "4")
+    client = cluster.client(endpoint)
+    ids = [client.submit("whoami", i) for i in range(60)]
+    ran = [client.result(i, timeout=10) for i in ids]
+    by_pid: dict[int, set[int]] = {}
+    for r in ran:
+        assert r["builds"] == 1
+        by_pid.setdefault(r["pid"], set()).add(r["state"])
+    assert set(by_pid) <= {first.pid, second.pid}
+    assert all(len(states) == 1 for states in by_pid.values())
+
+
+def test_worker_processes_option_starts_independent_processes(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    supervisor = cluster.worker(endpoint, "apps.probe:jobs", "--processes", "2", "-c", "2",
+                                wait=False)
+    client = cluster.client(endpoint)
+    supervisor.wait_for("registered with the broker", count=2)
+    # Four jobs in pairs that wait for each other: each process's two slots
+    # take one pair, so both processes run jobs, at once.
+    batch = [JobRequest("together", (2, 10.0), max_attempts=1) for _ in range(4)]
+    ran = [client.result(r.id, timeout=30) for r in client.submit_many(batch)]
+    assert {r["peak"] for r in ran} == {2}
+    assert len({r["pid"] for r in ran}) == 2 and supervisor.pid not in {r["pid"] for r in ran}
+    assert supervisor.stop() == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 4, 16])
+def test_concurrency_n_runs_n_jobs_at_once(cluster: Cluster, concurrency: int) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "apps.probe:jobs", "-c", str(concurrency))
+    client = cluster.client(endpoint)
+    ids = [
+        client.enqueue("together", [concurrency, 10.0], max_attempts=1).id
+        for _ in range(concurrency * 2)
+    ]
+    peaks = [client.result(i, timeout=30)["peak"] for i in ids]
+    # Every job met `concurrency` others at its barrier, and never more ran.
+    assert max(peaks) == concurrency
+
+
+def test_unknown_job_name_fails_clearly(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "apps.probe:jobs")
+    client = cluster.client(endpoint)
+    job_id = client.submit("no_such_job", 1)
+    with pytest.raises(JobFailed) as failed:
+        client.result(job_id, timeout=10)
+    assert "no job named 'no_such_job'" in str(failed.value.error)
+    status = client.status(job_id)
+    assert status is not None and status.state == "dead" and status.attempts == 1
+
+
+def test_cli_submit_wait_prints_the_result(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "examples.divide:jobs")
+    cli = [sys.executable, "-m", "jobsd", "submit", "--connect", endpoint]
+    done = subprocess.run([*cli, "divide", "[7, 2]", "--wait"], capture_output=True, text=True,
+                          cwd=REPO, timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "3")
+    failed = subprocess.run([*cli, "divide", "[7, 0]", "--wait"], capture_output=True,
+                            text=True, cwd=REPO, timeout=30)
+    assert failed.returncode == 1
+    assert "ZeroDivisionError: cannot divide 7 by zero" in failed.stderr
+
+
+def test_cli_status_shows_the_job(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "examples.divide:jobs")
+    client = cluster.client(endpoint)
+    job_id = client.submit("divide", 9, 3)
+    client.result(job_id, timeout=10)
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobsd", "status", job_id, "--json", "--connect", endpoint],
+        capture_output=True, text=True, cwd=REPO, timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert '"state": "done"' in shown.stdout and '"result": 3' in shown.stdout
