@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from jobsd import protocol
+from jobsd.cron import CronTable
 from jobsd.manager import JobManager, Outcome
 from jobsd.storage import (
     FINAL_STATES,
@@ -46,6 +47,11 @@ class BrokerConfig:
     lease: float = 30.0  # how long a claim lasts without being extended
     poll_interval: float = 1.0  # how often to look for work other brokers made ready
     max_message_bytes: int = protocol.MAX_MESSAGE_BYTES
+    # How long finished jobs (and their results) are kept, by state; None: forever.
+    keep_done: float | None = 7 * 86400.0
+    keep_dead: float | None = 30 * 86400.0
+    keep_cancelled: float | None = 7 * 86400.0
+    retention_interval: float = 60.0
 
 
 @dataclass(eq=False)
@@ -75,6 +81,7 @@ class Turn:
     acks: list[protocol.Ack] = field(default_factory=list)
     fails: list[protocol.Fail] = field(default_factory=list)
     releases: list[Lease] = field(default_factory=list)
+    confirms: list[tuple[bytes, int]] = field(default_factory=list)
     requests: list[tuple[bytes, bytes, Any]] = field(default_factory=list)
 
 
@@ -95,6 +102,7 @@ class Broker:
         self.workers: dict[bytes, WorkerSession] = {}
         self.job_owner: dict[str, WorkerSession] = {}
         self.waiters = Waiters()
+        self.cron = CronTable()
         self.maybe_ready: set[str] = set()
         self.next_due: float | None = None
         self._context = context or zmq.Context.instance()
@@ -153,7 +161,7 @@ class Broker:
         now = self.clock()
         self.maybe_ready.update(self._known_queues())
         self.next_due = self.storage.next_run_at()
-        for name in ("heartbeat", "poll", "leases"):
+        for name in ("heartbeat", "poll", "leases", "retention"):
             self._schedule(name, now)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -165,6 +173,7 @@ class Broker:
                     self._turn(sock)
                 self._run_timers()
                 self._dispatch()
+            log.info("stopping")
         finally:
             self._pending_flush()
             sock.close(linger=0)
@@ -199,6 +208,12 @@ class Broker:
         except protocol.ProtocolError as exc:
             log.warning("bad message from peer %s: %s", peer.hex(), exc)
             self._send(peer, protocol.ERROR, protocol.error_body(exc.code, str(exc)))
+        except StorageError as exc:
+            log.error("storage failed handling a message from peer %s: %s", peer.hex(), exc)
+            self._send(peer, protocol.ERROR, protocol.error_body("storage_error", str(exc)))
+        except Exception:  # a bug must cost one message, not the daemon
+            log.exception("failed to handle a message from peer %s", peer.hex())
+            self._send(peer, protocol.ERROR, protocol.error_body("internal_error", "see broker log"))
 
     def _commit(self, turn: Turn) -> None:
         now = self.clock()
@@ -208,9 +223,16 @@ class Broker:
             finished = self._commit_reports(turn, now)
         except StorageError as exc:
             log.error("storage failed to record worker reports, will retry: %s", exc)
-            self._pending_reports = turn
-            return
-        self._answer_waiters(finished)
+            self._pending_reports = Turn(
+                acks=turn.acks, fails=turn.fails, releases=turn.releases, confirms=turn.confirms
+            )
+        else:
+            for peer, seq in turn.confirms:
+                self._send(peer, protocol.CONFIRM, {"seq": seq})
+            try:
+                self._answer_waiters(finished)
+            except StorageError as exc:  # the poll timer answers them later
+                log.error("storage failed to read finished jobs for waiters: %s", exc)
         for peer, command, body in turn.requests:
             self._answer(peer, command, body, now)
 
@@ -245,6 +267,7 @@ class Broker:
         turn.acks[:0] = pending.acks
         turn.fails[:0] = pending.fails
         turn.releases[:0] = pending.releases
+        turn.confirms[:0] = pending.confirms
 
     def _commit_reports(self, turn: Turn, now: float) -> list[str]:
         """Apply acks, fails and releases; return the ids of jobs now final."""
@@ -293,6 +316,7 @@ class Broker:
         )
         self.workers[peer] = session
         self.manager.learn_job_types(hello.job_types)
+        self.cron.add(hello.schedules, self.clock())
         self.maybe_ready.update(session.queues)
         if hello.running:
             self._adopt(session, hello.running)
@@ -330,15 +354,23 @@ class Broker:
     def _on_ack(self, peer: bytes, body: Any, turn: Turn) -> None:
         # Reports count even from an unknown worker: storage fences them by attempt.
         turn.acks.extend(protocol.decode_acks(body))
-        self._session(peer)
+        self._report_received(peer, body, turn)
 
     def _on_fail(self, peer: bytes, body: Any, turn: Turn) -> None:
         turn.fails.extend(protocol.decode_fails(body))
-        self._session(peer)
+        self._report_received(peer, body, turn)
 
     def _on_release(self, peer: bytes, body: Any, turn: Turn) -> None:
         leases = protocol.decode_leases(body, "RELEASE")
         turn.releases.extend(Lease(job_id, attempt) for job_id, attempt in leases)
+        self._report_received(peer, body, turn)
+
+    def _report_received(self, peer: bytes, body: Any, turn: Turn) -> None:
+        """Confirm the report once storage has it: until then the worker keeps
+        it, and sends it again if it has to reconnect."""
+        seq = protocol.report_seq(body)
+        if seq is not None:
+            turn.confirms.append((peer, seq))
         self._session(peer)
 
     def _on_heartbeat(self, peer: bytes, body: Any, turn: Turn) -> None:
@@ -569,9 +601,9 @@ class Broker:
         candidates = [self._timers[0][0]]
         if self.next_due is not None:
             candidates.append(self.next_due)
-        deadline = self.waiters.next_deadline()
-        if deadline is not None:
-            candidates.append(deadline)
+        for deadline in (self.waiters.next_deadline(), self.cron.next_fire()):
+            if deadline is not None:
+                candidates.append(deadline)
         if self._pending_reports.acks or self._pending_reports.fails:
             candidates.append(self.clock() + 0.1)
         return min(candidates)
@@ -585,6 +617,9 @@ class Broker:
                 self._refresh_due()
             if self._pending_reports.acks or self._pending_reports.fails:
                 self._commit(Turn())
+            fires = self.cron.due(now)
+            if fires:
+                self._enqueue_fires(fires, now)
             for peer, job_id in self.waiters.pop_expired(now):
                 job = self.storage.get([job_id]).get(job_id)
                 self._send(peer, protocol.OK, {"job": job_view(job) if job else None})
@@ -602,6 +637,27 @@ class Broker:
                 self._lose_worker(session, "worker lost: no heartbeat")
             else:
                 self._send(session.peer, protocol.HEARTBEAT, {})
+
+    def _enqueue_fires(self, fires: list[protocol.JobSubmission], now: float) -> None:
+        jobs = [self.manager.new_job(fire, now) for fire in fires]
+        added = self.manager.add(jobs, now)
+        for job, result in zip(jobs, added):
+            done = "enqueued" if result.created else "was already enqueued"
+            log.info("cron: %s %s as %s", job.name, done, job.id)
+            self.maybe_ready.add(job.queue)
+
+    def _timer_retention(self, now: float) -> None:
+        """Delete finished jobs past their retention, a state at a time."""
+        self._schedule("retention", now + self.config.retention_interval)
+        for state, keep in (
+            ("done", self.config.keep_done),
+            ("dead", self.config.keep_dead),
+            ("cancelled", self.config.keep_cancelled),
+        ):
+            if keep is not None:
+                purged = self.storage.purge([state], now - keep)
+                if purged:
+                    log.info("retention: purged %d %s job(s) older than %.0f s", purged, state, keep)
 
     def _timer_poll(self, now: float) -> None:
         """Catch what other brokers on a shared database did: new ready jobs,

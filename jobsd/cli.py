@@ -85,7 +85,25 @@ def main(log_level: str) -> None:
               help="Missed heartbeats before a worker is declared lost.")
 @click.option("--lease", type=float, default=30.0, show_default=True,
               help="Seconds a claimed job's lease lasts unless its worker's heartbeats extend it.")
-def serve(bind: str, storage: str | None, heartbeat: float, liveness: int, lease: float) -> None:
+@click.option("--keep-done", type=float, default=7 * 86400.0, show_default=True,
+              help="Seconds to keep done jobs and their results (negative: forever).")
+@click.option("--keep-dead", type=float, default=30 * 86400.0, show_default=True,
+              help="Seconds to keep dead jobs (negative: forever).")
+@click.option("--keep-cancelled", type=float, default=7 * 86400.0, show_default=True,
+              help="Seconds to keep cancelled jobs (negative: forever).")
+@click.option("--retention-interval", type=float, default=60.0, show_default=True,
+              help="Seconds between retention sweeps.")
+def serve(
+    bind: str,
+    storage: str | None,
+    heartbeat: float,
+    liveness: int,
+    lease: float,
+    keep_done: float,
+    keep_dead: float,
+    keep_cancelled: float,
+    retention_interval: float,
+) -> None:
     """Run the broker: it owns the storage and pushes jobs to workers."""
     from jobsd.broker import Broker, BrokerConfig
     from jobsd.storage import DEFAULT_URL, StorageError, open_storage
@@ -94,7 +112,16 @@ def serve(bind: str, storage: str | None, heartbeat: float, liveness: int, lease
         store = open_storage(storage or DEFAULT_URL)
     except (ValueError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
-    broker = Broker(store, bind, BrokerConfig(heartbeat=heartbeat, liveness=liveness, lease=lease))
+    config = BrokerConfig(
+        heartbeat=heartbeat,
+        liveness=liveness,
+        lease=lease,
+        keep_done=None if keep_done < 0 else keep_done,
+        keep_dead=None if keep_dead < 0 else keep_dead,
+        keep_cancelled=None if keep_cancelled < 0 else keep_cancelled,
+        retention_interval=retention_interval,
+    )
+    broker = Broker(store, bind, config)
     try:
         broker.bind()
     except Exception as exc:  # zmq raises ZMQError for a bad or taken endpoint
@@ -466,6 +493,16 @@ def retry(
             click.echo(f"{_run(lambda: client.retry_dead(queue))} job(s) retried")
         elif not _run(lambda: client.retry(job_id)):
             raise click.ClickException(f"job {job_id} is not dead or cancelled (or its key is taken)")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@ENDPOINT
+@TIMEOUT
+def delete(job_ids: tuple[str, ...], endpoint: str, request_timeout: float) -> None:
+    """Delete finished jobs (done, dead or cancelled) and their history."""
+    with _client(endpoint, request_timeout) as client:
+        click.echo(f"{_run(lambda: client.delete(job_ids))} job(s) deleted")
 
 
 @main.command()

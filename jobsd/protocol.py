@@ -51,6 +51,7 @@ BYE = b"BYE"
 # broker -> worker
 WELCOME = b"WELCOME"
 JOB = b"JOB"
+CONFIRM = b"CONFIRM"
 RECONNECT = b"RECONNECT"
 # (HEARTBEAT and CANCEL also go broker -> worker)
 # replies
@@ -292,6 +293,31 @@ class JobType:
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """A periodic job a worker's application declares: run ``name`` with
+    ``args`` at every time the cron expression ``cron`` names."""
+
+    cron: str
+    name: str
+    args: bytes
+    queue: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.cron, self.name, self.args, self.queue]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> Schedule:
+        cron, name, args, queue = _tuple(item, "HELLO schedule", (4,))
+        if not isinstance(cron, str) or not cron or len(cron) > MAX_NAME_LENGTH:
+            raise ProtocolError("a schedule's cron expression must be a short string")
+        if not isinstance(args, bytes):
+            raise ProtocolError("a schedule's args must be binary")
+        if queue is not None:
+            queue = _name(queue)
+        return cls(cron, _name(name), args, queue)
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     worker: str
     queues: list[str]
@@ -300,6 +326,7 @@ class Hello:
     host: str = ""
     job_types: dict[str, JobType] = field(default_factory=dict)
     running: list[tuple[str, int]] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -310,6 +337,7 @@ class Hello:
             "host": self.host,
             "job_types": {name: t.to_wire() for name, t in self.job_types.items()},
             "running": [list(lease) for lease in self.running],
+            "schedules": [s.to_wire() for s in self.schedules],
         }
 
     @classmethod
@@ -332,6 +360,9 @@ class Hello:
                 _name(name): JobType.from_wire(spec) for name, spec in types.items()
             },
             running=running,
+            schedules=[
+                Schedule.from_wire(item) for item in f.list("schedules", required=False)
+            ],
         )
 
 
@@ -444,6 +475,12 @@ def decode_acks(body: Any) -> list[Ack]:
 
 def decode_fails(body: Any) -> list[Fail]:
     return [Fail.from_wire(item) for item in Fields(body, "FAIL").list("fails")]
+
+
+def report_seq(body: Any) -> int | None:
+    """The sequence number a worker gave a report (ACK, FAIL, RELEASE) so the
+    broker can CONFIRM it once stored; None when the worker asks for none."""
+    return Fields(body, "report").int("seq", required=False)
 
 
 def decode_leases(body: Any, command: str) -> list[tuple[str, int]]:

@@ -25,15 +25,15 @@ class Process:
     """A jobsd process whose output a thread reads line by line, so a test
     can await a log line (an event) instead of sleeping."""
 
-    def __init__(self, args: list[str], cwd: Path = TESTS) -> None:
-        env = dict(os.environ)
+    def __init__(self, args: list[str], env_extra: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **(env_extra or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(REPO),
                                                           env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobsd", "--log-level", "DEBUG", *args],
-            cwd=cwd,
+            cwd=TESTS,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -121,8 +121,9 @@ class Cluster:
         bound = proc.wait_for(r"broker serving on (\S+)").group(1)
         return proc, bound
 
-    def worker(self, endpoint: str, app: str, *extra: str, wait: bool = True) -> Process:
-        proc = Process(["worker", app, "--connect", endpoint, *extra])
+    def worker(self, endpoint: str, app: str, *extra: str, wait: bool = True,
+               env: dict[str, str] | None = None) -> Process:
+        proc = Process(["worker", app, "--connect", endpoint, *extra], env)
         self.processes.append(proc)
         if wait:
             proc.wait_for("registered with the broker")

@@ -146,6 +146,7 @@ class Registry:
     def __init__(self, state: Callable[[], Any] | None = None) -> None:
         self.state_factory = state
         self.definitions: dict[str, JobDefinition[Any, Any]] = {}
+        self.schedules: list[protocol.Schedule] = []
 
     def job(
         self,
@@ -158,11 +159,14 @@ class Registry:
         timeout: float | None = None,
         unique: bool | Callable[..., str] = False,
         context: bool = False,
+        cron: str | None = None,
     ) -> Callable[[Callable[P, R]], JobDefinition[P, R]]:
         """Register a function as a job type. With ``context=True`` the function
         gets a ``JobContext`` as its first argument (state, id, attempt, cancel).
         ``unique=True`` makes equal arguments one job while it is queued or
-        running; a callable computes the key from the arguments instead."""
+        running; a callable computes the key from the arguments instead.
+        ``cron`` runs the job (without arguments) on that schedule, as
+        ``schedule`` does."""
         if priority is not None and not 0 <= priority <= 65535:
             raise ValueError("priority must be within 0..65535 (lower runs first)")
 
@@ -179,9 +183,30 @@ class Registry:
                 context,
             )
             self.definitions[job_name] = definition
+            if cron is not None:
+                self.schedule(cron, definition)
             return definition
 
         return register
+
+    def schedule(
+        self, cron: str, job: str | JobDefinition[Any, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        """Run ``job`` with these arguments at every time of the cron
+        expression (5 fields, or 6 with seconds last: ``*/10 * * * * 30``).
+
+        Workers announce their schedules; the broker enqueues each fire once,
+        with an id made of the schedule and the fire time, so several workers,
+        several brokers and broker restarts never enqueue a fire twice."""
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ValueError(f"not a valid cron expression: {cron!r}")
+        name = job if isinstance(job, str) else job.name
+        queue = None if isinstance(job, str) else job.options.queue
+        self.schedules.append(
+            protocol.Schedule(cron, name, protocol.pack([list(args), kwargs]), queue)
+        )
 
     def __getitem__(self, name: str) -> JobDefinition[Any, Any]:
         return self.definitions[name]

@@ -9,6 +9,7 @@ never starves the heartbeats.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket as pysocket
@@ -53,6 +54,10 @@ class Worker:
         self._last_sent = 0.0
         self._reconnect_delay = config.heartbeat
         self._registered = False
+        # Reports sent but not yet confirmed stored, by sequence number: sent
+        # again after a reconnect, so an ack lost with a broker is not lost.
+        self._unconfirmed: dict[int, tuple[bytes, dict[str, Any]]] = {}
+        self._report_seq = itertools.count(1)
 
     def stop(self) -> None:
         """Stop taking work; finish what runs within the grace period. A second
@@ -146,6 +151,7 @@ class Worker:
                 name: d.options.to_job_type() for name, d in self.registry.definitions.items()
             },
             running=[(r.job.id, r.job.attempt) for r in self.running.values()],
+            schedules=self.registry.schedules,
         )
         self._send(protocol.HELLO, hello.to_wire())
 
@@ -176,10 +182,14 @@ class Worker:
         if command == protocol.JOB:
             for job in protocol.decode_jobs(body):
                 self._start(job)
+        elif command == protocol.CONFIRM:
+            self._unconfirmed.pop(protocol.report_seq(body) or 0, None)
         elif command == protocol.WELCOME:
             self._registered = True
             self._reconnect_delay = self.config.heartbeat
             log.info("registered with the broker at %s", self.config.endpoint)
+            for report, report_body in self._unconfirmed.values():
+                self._send(report, report_body)
         elif command == protocol.CANCEL:
             for job_id in protocol.Fields(body, "CANCEL").str_list("ids"):
                 running = self.running.get(job_id)
@@ -220,9 +230,14 @@ class Worker:
             else:
                 fails.append(report.to_wire())
         if acks:
-            self._send(protocol.ACK, {"acks": acks})
+            self._report(protocol.ACK, {"acks": acks})
         if fails:
-            self._send(protocol.FAIL, {"fails": fails})
+            self._report(protocol.FAIL, {"fails": fails})
+
+    def _report(self, command: bytes, body: dict[str, Any]) -> None:
+        body["seq"] = seq = next(self._report_seq)
+        self._unconfirmed[seq] = (command, body)
+        self._send(command, body)
 
     def _check_timeouts(self, now: float) -> None:
         assert self._executor is not None
@@ -232,7 +247,7 @@ class Worker:
                         running.job.name, running.job.timeout)
             del self.running[running.job.id]
             self._executor.abandon(running)
-            self._send(protocol.FAIL, {"fails": [timed_out(running).to_wire()]})
+            self._report(protocol.FAIL, {"fails": [timed_out(running).to_wire()]})
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -244,11 +259,14 @@ class Worker:
                      self.config.grace)
             self._stop_deadline = now + self.config.grace
             self._send(protocol.BYE, {})
-        if not self.running:
+        if not self.running and not self._unconfirmed:
             return True
         if self._stop_requested > 1 or now >= self._stop_deadline:
-            leases = [[r.job.id, r.job.attempt] for r in self.running.values()]
-            log.warning("handing back %d unfinished job(s)", len(leases))
-            self._send(protocol.RELEASE, {"jobs": leases})
+            if self.running:
+                leases = [[r.job.id, r.job.attempt] for r in self.running.values()]
+                log.warning("handing back %d unfinished job(s)", len(leases))
+                self._send(protocol.RELEASE, {"jobs": leases})
+            if self._unconfirmed:
+                log.warning("%d report(s) not confirmed by the broker", len(self._unconfirmed))
             return True
         return False

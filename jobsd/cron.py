@@ -1,0 +1,67 @@
+"""Periodic jobs: the schedules workers announce, and the jobs their fires make.
+
+Each fire becomes a job whose id is derived from the schedule and the fire
+time. Storage adds a job id once, so a fire is enqueued exactly once even when
+several workers announce the same schedule, several brokers share a database,
+or a broker restarts in the middle of a period. Fires that fall while no broker
+runs are skipped, not caught up (a burst of stale runs after an outage helps no
+one); the next fire after start runs as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from croniter import croniter
+
+from jobsd import protocol
+
+
+class CronTable:
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self._schedules: dict[str, protocol.Schedule] = {}
+
+    @staticmethod
+    def key(schedule: protocol.Schedule) -> str:
+        digest = hashlib.sha256(protocol.pack(schedule.to_wire())).hexdigest()
+        return digest[:20]
+
+    def add(self, schedules: list[protocol.Schedule], now: float) -> None:
+        """Adopt schedules (known ones are kept as they are).
+        ``ProtocolError`` for an invalid cron expression."""
+        for schedule in schedules:
+            if not croniter.is_valid(schedule.cron):
+                raise protocol.ProtocolError(f"invalid cron expression {schedule.cron!r}")
+        for schedule in schedules:
+            key = self.key(schedule)
+            if key not in self._schedules:
+                self._schedules[key] = schedule
+                self._next[key] = croniter(schedule.cron, now).get_next(float)
+
+    def next_fire(self) -> float | None:
+        return min(self._next.values(), default=None)
+
+    def due(self, now: float) -> list[protocol.JobSubmission]:
+        """The fires due by ``now``, as submissions (one per schedule: a broker
+        that slept through several fires runs the latest once)."""
+        fires = []
+        for key, at in self._next.items():
+            if at > now:
+                continue
+            schedule = self._schedules[key]
+            times = croniter(schedule.cron, at)
+            latest = at
+            while (following := times.get_next(float)) <= now:
+                latest = following
+            self._next[key] = following
+            fires.append(
+                protocol.JobSubmission(
+                    id=f"cron-{key}-{int(latest)}",
+                    name=schedule.name,
+                    args=schedule.args,
+                    queue=schedule.queue,
+                    run_at=latest,
+                )
+            )
+        return fires
