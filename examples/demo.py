@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobsd import Client
 from examples.divide import divide
+from jobsd import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """The izta example: integer division that fails, clearly, on a zero divisor.
 
-    jobsd worker examples.divide:jobs
-    jobsd submit divide '[7, 2]' --wait      # prints 3
+jobsd worker examples.divide:jobs
+jobsd submit divide '[7, 2]' --wait      # prints 3
 """
 
 from jobsd import Backoff, Registry

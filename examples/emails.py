@@ -1,7 +1,7 @@
 """The zizq example: e-mails on their own queue, served by their own workers.
 
-    jobsd worker examples.emails:jobs -q emails -c 16
-    jobsd submit send_email '["ada@example.com", "Welcome"]'
+jobsd worker examples.emails:jobs -q emails -c 16
+jobsd submit send_email '["ada@example.com", "Welcome"]'
 """
 
 import logging

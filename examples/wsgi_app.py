@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import make_server
 
-from jobsd import Client
 from examples.emails import send_email
+from jobsd import Client
 
 client = Client(os.environ.get("JOBSD_ENDPOINT", "tcp://127.0.0.1:7465"))
 

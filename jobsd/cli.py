@@ -79,20 +79,55 @@ def main(log_level: str) -> None:
     help="Storage URL: memory://, sqlite:///path, postgresql://..., mysql+pymysql://... "
     "[default: sqlite:///jobsd.sqlite3]",
 )
-@click.option("--heartbeat", type=float, default=1.0, show_default=True,
-              help="Seconds between heartbeats with workers.")
-@click.option("--liveness", type=int, default=3, show_default=True,
-              help="Missed heartbeats before a worker is declared lost.")
-@click.option("--lease", type=float, default=30.0, show_default=True,
-              help="Seconds a claimed job's lease lasts unless its worker's heartbeats extend it.")
-@click.option("--keep-done", type=float, default=7 * 86400.0, show_default=True,
-              help="Seconds to keep done jobs and their results (negative: forever).")
-@click.option("--keep-dead", type=float, default=30 * 86400.0, show_default=True,
-              help="Seconds to keep dead jobs (negative: forever).")
-@click.option("--keep-cancelled", type=float, default=7 * 86400.0, show_default=True,
-              help="Seconds to keep cancelled jobs (negative: forever).")
-@click.option("--retention-interval", type=float, default=60.0, show_default=True,
-              help="Seconds between retention sweeps.")
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between heartbeats with workers.",
+)
+@click.option(
+    "--liveness",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Missed heartbeats before a worker is declared lost.",
+)
+@click.option(
+    "--lease",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds a claimed job's lease lasts unless its worker's heartbeats extend it.",
+)
+@click.option(
+    "--keep-done",
+    type=float,
+    default=7 * 86400.0,
+    show_default=True,
+    help="Seconds to keep done jobs and their results (negative: forever).",
+)
+@click.option(
+    "--keep-dead",
+    type=float,
+    default=30 * 86400.0,
+    show_default=True,
+    help="Seconds to keep dead jobs (negative: forever).",
+)
+@click.option(
+    "--keep-cancelled",
+    type=float,
+    default=7 * 86400.0,
+    show_default=True,
+    help="Seconds to keep cancelled jobs (negative: forever).",
+)
+@click.option(
+    "--retention-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between retention sweeps.",
+)
 def serve(
     bind: str,
     storage: str | None,
@@ -105,6 +140,8 @@ def serve(
     retention_interval: float,
 ) -> None:
     """Run the broker: it owns the storage and pushes jobs to workers."""
+    import zmq
+
     from jobsd.broker import Broker, BrokerConfig
     from jobsd.storage import DEFAULT_URL, StorageError, open_storage
 
@@ -124,7 +161,7 @@ def serve(
     broker = Broker(store, bind, config)
     try:
         broker.bind()
-    except Exception as exc:  # zmq raises ZMQError for a bad or taken endpoint
+    except zmq.ZMQError as exc:  # a malformed endpoint, or a port already taken
         store.close()
         raise click.ClickException(f"cannot bind {bind}: {exc}") from None
     _on_stop_signals(broker.stop, lambda: os._exit(1))
@@ -156,16 +193,38 @@ def migrate(url: str) -> None:
 @main.command()
 @click.argument("app")
 @ENDPOINT
-@click.option("-q", "--queue", "queues", multiple=True,
-              help="A queue to serve (repeatable). Default: the queues the app's jobs name.")
-@click.option("-c", "--concurrency", type=click.IntRange(1, 10_000), default=8, show_default=True,
-              help="Jobs run at once by each process.")
-@click.option("-p", "--processes", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="Worker processes, each with its own application state.")
+@click.option(
+    "-q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="A queue to serve (repeatable). Default: the queues the app's jobs name.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=8,
+    show_default=True,
+    help="Jobs run at once by each process.",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own application state.",
+)
 @click.option("--heartbeat", type=float, default=1.0, show_default=True)
 @click.option("--liveness", type=int, default=3, show_default=True)
-@click.option("--grace", type=float, default=30.0, show_default=True,
-              help="Seconds running jobs get to finish after SIGTERM.")
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM.",
+)
 def worker(
     app: str,
     endpoint: str,
@@ -297,7 +356,9 @@ def _parse_time(value: str) -> float:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+        raise click.BadParameter(
+            f"{value!r} is neither epoch seconds nor an ISO 8601 time"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()
     return moment.timestamp()
@@ -313,8 +374,9 @@ def _parse_time(value: str) -> float:
 @click.option("--run-at", default=None, help="Run no sooner than this time (ISO 8601 or epoch).")
 @click.option("--unique-key", default=None, help="No second active job with this key.")
 @click.option("--max-attempts", type=click.IntRange(0), default=None, help="0: no limit.")
-@click.option("--timeout", "job_timeout", type=float, default=None,
-              help="The job's time limit in seconds.")
+@click.option(
+    "--timeout", "job_timeout", type=float, default=None, help="The job's time limit in seconds."
+)
 @click.option("--wait", is_flag=True, help="Wait for the job and print its result as JSON.")
 @click.option("--wait-timeout", type=float, default=60.0, show_default=True)
 @ENDPOINT
@@ -395,10 +457,14 @@ def status(job_id: str, as_json: bool, endpoint: str, request_timeout: float) ->
         click.echo(json.dumps(dataclasses.asdict(job), indent=2, default=repr))
         return
     click.echo(f"{job.id}  {job.name}  queue={job.queue}  state={job.state}")
-    click.echo(f"  attempts {job.attempts}/{job.max_attempts or 'unlimited'}  "
-               f"priority {job.priority}  run_at {_when(job.run_at)}")
-    click.echo(f"  args {json.dumps(list(job.args), default=repr)}  "
-               f"kwargs {json.dumps(job.kwargs, default=repr)}")
+    click.echo(
+        f"  attempts {job.attempts}/{job.max_attempts or 'unlimited'}  "
+        f"priority {job.priority}  run_at {_when(job.run_at)}"
+    )
+    click.echo(
+        f"  args {json.dumps(list(job.args), default=repr)}  "
+        f"kwargs {json.dumps(job.kwargs, default=repr)}"
+    )
     if job.state == "done":
         click.echo(f"  result {json.dumps(job.result, default=repr)}")
     for err in job.errors:
@@ -414,7 +480,11 @@ def status(job_id: str, as_json: bool, endpoint: str, request_timeout: float) ->
 @ENDPOINT
 @TIMEOUT
 def jobs_command(
-    queue: str | None, state: str | None, limit: int, as_json: bool, endpoint: str,
+    queue: str | None,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+    endpoint: str,
     request_timeout: float,
 ) -> None:
     """List jobs, newest first."""
@@ -424,14 +494,21 @@ def jobs_command(
         click.echo(json.dumps([dataclasses.asdict(j) for j in found], indent=2, default=repr))
         return
     for job in found:
-        click.echo(f"{job.id}  {job.state:<9}  {job.queue:<12}  {job.name}  "
-                   f"attempts={job.attempts}  {_when(job.updated_at)}")
+        click.echo(
+            f"{job.id}  {job.state:<9}  {job.queue:<12}  {job.name}  "
+            f"attempts={job.attempts}  {_when(job.updated_at)}"
+        )
 
 
 @main.command()
 @JSON
-@click.option("--watch", type=float, default=None, metavar="SECONDS",
-              help="Print again every SECONDS until interrupted.")
+@click.option(
+    "--watch",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Print again every SECONDS until interrupted.",
+)
 @ENDPOINT
 @TIMEOUT
 def stats(as_json: bool, watch: float | None, endpoint: str, request_timeout: float) -> None:
@@ -463,17 +540,23 @@ def _print_queues(queues_: dict[str, Any]) -> None:
     click.echo(f"{'queue':<16}" + "".join(f"{s:>11}" for s in STATES) + "  paused")
     for name, info in queues_.items():
         counts = info["counts"]
-        click.echo(f"{name:<16}" + "".join(f"{counts.get(s, 0):>11}" for s in STATES)
-                   + ("  yes" if info["paused"] else ""))
+        click.echo(
+            f"{name:<16}"
+            + "".join(f"{counts.get(s, 0):>11}" for s in STATES)
+            + ("  yes" if info["paused"] else "")
+        )
 
 
 def _print_stats(data: dict[str, Any]) -> None:
     _print_queues(data["queues"])
-    click.echo(f"\n{len(data['workers'])} worker(s); stale reports ignored: "
-               f"{data['stale_reports']}")
+    click.echo(
+        f"\n{len(data['workers'])} worker(s); stale reports ignored: {data['stale_reports']}"
+    )
     for w in data["workers"]:
-        click.echo(f"  {w['id']}  queues={','.join(w['queues'])}  "
-                   f"running {w['running']}/{w['capacity']}" + ("  stopping" if w["draining"] else ""))
+        click.echo(
+            f"  {w['id']}  queues={','.join(w['queues'])}  "
+            f"running {w['running']}/{w['capacity']}" + ("  stopping" if w["draining"] else "")
+        )
 
 
 @main.command()
@@ -491,8 +574,10 @@ def retry(
     with _client(endpoint, request_timeout) as client:
         if all_dead:
             click.echo(f"{_run(lambda: client.retry_dead(queue))} job(s) retried")
-        elif not _run(lambda: client.retry(job_id)):
-            raise click.ClickException(f"job {job_id} is not dead or cancelled (or its key is taken)")
+        elif job_id and not _run(lambda: client.retry(job_id)):
+            raise click.ClickException(
+                f"job {job_id} is not dead or cancelled (or its unique key is taken)"
+            )
 
 
 @main.command()
@@ -541,14 +626,26 @@ def resume(queue: str, endpoint: str, request_timeout: float) -> None:
 
 
 @main.command()
-@click.option("-s", "--state", "states", multiple=True,
-              type=click.Choice(["done", "dead", "cancelled"]),
-              help="States to purge (repeatable). Default: all finished states.")
-@click.option("--older-than", type=float, default=0.0, show_default=True,
-              help="Only jobs finished more than this many seconds ago.")
+@click.option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["done", "dead", "cancelled"]),
+    help="States to purge (repeatable). Default: all finished states.",
+)
+@click.option(
+    "--older-than",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Only jobs finished more than this many seconds ago.",
+)
 @ENDPOINT
 @TIMEOUT
-def purge(states: tuple[str, ...], older_than: float, endpoint: str, request_timeout: float) -> None:
+def purge(
+    states: tuple[str, ...], older_than: float, endpoint: str, request_timeout: float
+) -> None:
     """Delete finished jobs."""
     with _client(endpoint, request_timeout) as client:
         click.echo(f"{_run(lambda: client.purge(states, older_than))} job(s) purged")
@@ -556,4 +653,3 @@ def purge(states: tuple[str, ...], older_than: float, endpoint: str, request_tim
 
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(timespec="milliseconds")
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jobsd import protocol
@@ -100,7 +100,8 @@ class JobManager:
             [Completion(a.job_id, a.attempt, a.result, a.reschedule_at) for a in acks], now
         )
         outcomes = [
-            Outcome(a.job_id, ok, ok and a.reschedule_at is None) for a, ok in zip(acks, accepted)
+            Outcome(a.job_id, ok, ok and a.reschedule_at is None)
+            for a, ok in zip(acks, accepted, strict=True)
         ]
         self._count_stale(outcomes)
         return outcomes
@@ -129,7 +130,8 @@ class JobManager:
             decisions.append(self.decide(record, f.attempt, f.error, f.kind, f.retry_at, now))
         accepted = self.storage.fail(decisions, now)
         outcomes = [
-            Outcome(d.job_id, ok, ok and d.retry_at is None) for d, ok in zip(decisions, accepted)
+            Outcome(d.job_id, ok, ok and d.retry_at is None)
+            for d, ok in zip(decisions, accepted, strict=True)
         ]
         self._count_stale(outcomes)
         return outcomes
@@ -154,12 +156,10 @@ class JobManager:
         policy = Backoff.from_wire(job.backoff) if job.backoff else DEFAULT_BACKOFF
         return Failure(job.id, attempt, error, now + policy.seconds(attempt, self.rng))
 
-    def lost(self, jobs: Iterable[JobRecord], reason: str, now: float) -> list[Outcome]:
+    def lost(self, jobs: Sequence[JobRecord], reason: str, now: float) -> list[Outcome]:
         """Jobs whose worker vanished or whose lease ran out: the attempt
         counts, as a failure the retry policy handles."""
-        fails = [
-            protocol.Fail(job.id, job.attempts, reason, protocol.FAIL_ERROR) for job in jobs
-        ]
+        fails = [protocol.Fail(job.id, job.attempts, reason, protocol.FAIL_ERROR) for job in jobs]
         by_id = {job.id: job for job in jobs}
         return self.fail(fails, by_id.get, now)
 

@@ -27,8 +27,9 @@ class Process:
 
     def __init__(self, args: list[str], env_extra: dict[str, str] | None = None) -> None:
         env = {**os.environ, **(env_extra or {})}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(REPO),
-                                                          env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(TESTS), str(REPO), env.get("PYTHONPATH")])
+        )
         env["PYTHONUNBUFFERED"] = "1"
         self.args = args
         self.proc = subprocess.Popen(
@@ -57,7 +58,9 @@ class Process:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT, count: int = 1) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, timeout: float = START_TIMEOUT, count: int = 1
+    ) -> re.Match[str]:
         """The ``count``-th log line that matches ``pattern``, once it is there."""
         regex = re.compile(pattern)
         seen = 0
@@ -114,15 +117,22 @@ class Cluster:
         self.processes: list[Process] = []
         self.clients: list[Client] = []
 
-    def broker(self, storage: str = "memory://", *extra: str,
-               endpoint: str = "tcp://127.0.0.1:*") -> tuple[Process, str]:
+    def broker(
+        self, storage: str = "memory://", *extra: str, endpoint: str = "tcp://127.0.0.1:*"
+    ) -> tuple[Process, str]:
         proc = Process(["serve", "--bind", endpoint, "--storage", storage, *extra])
         self.processes.append(proc)
         bound = proc.wait_for(r"broker serving on (\S+)").group(1)
         return proc, bound
 
-    def worker(self, endpoint: str, app: str, *extra: str, wait: bool = True,
-               env: dict[str, str] | None = None) -> Process:
+    def worker(
+        self,
+        endpoint: str,
+        app: str,
+        *extra: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Process:
         proc = Process(["worker", app, "--connect", endpoint, *extra], env)
         self.processes.append(proc)
         if wait:

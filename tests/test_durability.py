@@ -123,7 +123,10 @@ def test_two_brokers_share_one_postgres_database(
 def test_unusable_storage_is_refused_at_start(url: str, message: str) -> None:
     started = subprocess.run(
         [sys.executable, "-m", "jobsd", "serve", "--bind", "tcp://127.0.0.1:*", "--storage", url],
-        capture_output=True, text=True, cwd=REPO, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
     )
     assert started.returncode != 0
     assert message in started.stderr
@@ -135,14 +138,18 @@ def test_migrate_then_refuse_a_newer_schema(tmp_path: Path) -> None:
 
     db = tmp_path / "jobs.sqlite3"
     jobsd = [sys.executable, "-m", "jobsd"]
-    migrated = subprocess.run([*jobsd, "migrate", f"sqlite:///{db}"], capture_output=True,
-                              text=True, cwd=REPO, timeout=30)
+    migrated = subprocess.run(
+        [*jobsd, "migrate", f"sqlite:///{db}"], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
     assert (migrated.returncode, migrated.stdout.strip()) == (0, "schema at version 1 (was 0)")
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE jobsd_meta SET value = '99' WHERE key = 'schema_version'")
     started = subprocess.run(
         [*jobsd, "serve", "--bind", "tcp://127.0.0.1:*", "--storage", f"sqlite:///{db}"],
-        capture_output=True, text=True, cwd=REPO, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
     )
     assert started.returncode != 0
     assert "is version 99" in started.stderr and "upgrade jobsd" in started.stderr

@@ -19,7 +19,12 @@ def test_submit_run_result(cluster: Cluster) -> None:
     assert client.result(job_id, timeout=10) == {"args": [1, "two"], "kwargs": {"three": 3}}
     status = client.status(job_id)
     assert status is not None
-    assert (status.name, status.queue, status.state, status.attempts) == ("echo", "default", "done", 1)
+    assert (status.name, status.queue, status.state, status.attempts) == (
+        "echo",
+        "default",
+        "done",
+        1,
+    )
 
 
 def test_async_handlers_run_on_the_event_loop(cluster: Cluster) -> None:
@@ -61,8 +66,9 @@ def test_state_is_built_once_per_worker_process(cluster: Cluster) -> None:
 
 def test_worker_processes_option_starts_independent_processes(cluster: Cluster) -> None:
     _, endpoint = cluster.broker()
-    supervisor = cluster.worker(endpoint, "apps.probe:jobs", "--processes", "2", "-c", "2",
-                                wait=False)
+    supervisor = cluster.worker(
+        endpoint, "apps.probe:jobs", "--processes", "2", "-c", "2", wait=False
+    )
     client = cluster.client(endpoint)
     supervisor.wait_for("registered with the broker", count=2)
     # Four jobs in pairs that wait for each other: each process's two slots
@@ -104,11 +110,13 @@ def test_cli_submit_wait_prints_the_result(cluster: Cluster) -> None:
     _, endpoint = cluster.broker()
     cluster.worker(endpoint, "examples.divide:jobs")
     cli = [sys.executable, "-m", "jobsd", "submit", "--connect", endpoint]
-    done = subprocess.run([*cli, "divide", "[7, 2]", "--wait"], capture_output=True, text=True,
-                          cwd=REPO, timeout=30)
+    done = subprocess.run(
+        [*cli, "divide", "[7, 2]", "--wait"], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
     assert (done.returncode, done.stdout.strip()) == (0, "3")
-    failed = subprocess.run([*cli, "divide", "[7, 0]", "--wait"], capture_output=True,
-                            text=True, cwd=REPO, timeout=30)
+    failed = subprocess.run(
+        [*cli, "divide", "[7, 0]", "--wait"], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
     assert failed.returncode == 1
     assert "ZeroDivisionError: cannot divide 7 by zero" in failed.stderr
 
@@ -121,7 +129,10 @@ def test_cli_status_shows_the_job(cluster: Cluster) -> None:
     client.result(job_id, timeout=10)
     shown = subprocess.run(
         [sys.executable, "-m", "jobsd", "status", job_id, "--json", "--connect", endpoint],
-        capture_output=True, text=True, cwd=REPO, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
     )
     assert shown.returncode == 0, shown.stderr
     assert '"state": "done"' in shown.stdout and '"result": 3' in shown.stdout

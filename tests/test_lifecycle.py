@@ -163,8 +163,9 @@ def test_job_over_its_time_limit_fails(client: Client) -> None:
 
 
 def test_retention_purges_finished_jobs(cluster: Cluster, storage_url: str) -> None:
-    broker, endpoint = cluster.broker(storage_url, "--keep-done", "0",
-                                      "--retention-interval", "0.2")
+    broker, endpoint = cluster.broker(
+        storage_url, "--keep-done", "0", "--retention-interval", "0.2"
+    )
     cluster.worker(endpoint, APP)
     client = cluster.client(endpoint)
     job_id = client.submit("started_at")

@@ -13,8 +13,7 @@ from jobsd import Backoff, JobContext, Registry, Reschedule, Retry
 jobs = Registry()
 
 
-@jobs.job(context=True, max_attempts=5,
-          backoff=Backoff.exponential(0.3, factor=2.0, jitter=False))
+@jobs.job(context=True, max_attempts=5, backoff=Backoff.exponential(0.3, factor=2.0, jitter=False))
 def flaky(ctx: JobContext, failures: int) -> int:
     """Fails its first ``failures`` attempts, then returns the attempt number."""
     if ctx.attempt <= failures:

@@ -32,8 +32,14 @@ jobs = Registry(state=State)
 
 @jobs.job(context=True)
 def whoami(ctx: JobContext, tag: Any = None) -> dict[str, Any]:
-    return {"pid": os.getpid(), "queue": ctx.queue, "builds": ctx.state.builds,
-            "state": id(ctx.state), "attempt": ctx.attempt, "tag": tag}
+    return {
+        "pid": os.getpid(),
+        "queue": ctx.queue,
+        "builds": ctx.state.builds,
+        "state": id(ctx.state),
+        "attempt": ctx.attempt,
+        "tag": tag,
+    }
 
 
 @jobs.job(queue="other", context=True)
