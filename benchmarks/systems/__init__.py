@@ -1,0 +1,1 @@
+"""Adapters: one ``System`` per peer and configuration, all with one interface."""
