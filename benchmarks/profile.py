@@ -46,13 +46,29 @@ class Profiles:
         session = Session(f"{system.key}-{phase}", [], [])
         for role, pid in targets.items():
             out = self.directory / f"{system.key}-{phase}-{role}.txt"
-            cmd = ["py-spy", "record", "-p", str(pid), "-f", "raw", "-o", str(out),
-                   "-r", str(RATE), "--nolineno"]
+            cmd = [
+                "py-spy",
+                "record",
+                "-p",
+                str(pid),
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "-r",
+                str(RATE),
+                "--nolineno",
+            ]
             if role == "workers":
                 cmd.append("--subprocesses")  # the supervisor's 2 worker processes
-            session.procs.append(subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True))
+            session.procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             session.outputs.append(out)
         return session
 
@@ -91,15 +107,17 @@ def summarize(path: Path, top: int = 20) -> str:
         own[frames[-1]] += count
         for frame in set(frames):
             total[frame] += count
-    lines = [f"== {path.name}: {samples} samples at {RATE}/s (busy threads only)",
-             "   self%  total%  function"]
+    lines = [
+        f"== {path.name}: {samples} samples at {RATE}/s (busy threads only)",
+        "   self%  total%  function",
+    ]
     if not samples:
         return lines[0] + "\n"
     for frame, count in own.most_common(top):
-        lines.append(f"  {100 * count / samples:5.1f}  {100 * total[frame] / samples:6.1f}  "
-                     f"{frame}")
+        lines.append(
+            f"  {100 * count / samples:5.1f}  {100 * total[frame] / samples:6.1f}  {frame}"
+        )
     lines.append("   -- by total --")
     for frame, count in total.most_common(top):
-        lines.append(f"  {100 * own[frame] / samples:5.1f}  {100 * count / samples:6.1f}  "
-                     f"{frame}")
+        lines.append(f"  {100 * own[frame] / samples:5.1f}  {100 * count / samples:6.1f}  {frame}")
     return "\n".join(lines) + "\n"

@@ -20,8 +20,13 @@ from benchmarks.procs import Proc, python
 from benchmarks.report import percentiles
 
 TAG = b"JOBSD1"
-REQUEST = [TAG, b"SUBMIT", msgpack.packb({"jobs": [{
-    "id": "0" * 32, "name": "noop", "args": msgpack.packb([["tag", 1], {}])}]})]
+REQUEST = [
+    TAG,
+    b"SUBMIT",
+    msgpack.packb(
+        {"jobs": [{"id": "0" * 32, "name": "noop", "args": msgpack.packb([["tag", 1], {}])}]}
+    ),
+]
 REPLY = [TAG, b"OK", msgpack.packb({"ids": ["0" * 32], "created": [True]})]
 REPORT = [b"", TAG, b"ACK", msgpack.packb({"acks": [["0" * 32, 1, None]]})]
 
@@ -72,8 +77,7 @@ def req_rep(workdir: Path, count: int) -> dict[str, float]:
         elapsed = time.perf_counter() - start
         sock.send_multipart([b"END"])
         sock.poll(1000)
-        return {"jobs_per_s": count / elapsed, **percentiles(times), "n": count,
-                "seconds": elapsed}
+        return {"jobs_per_s": count / elapsed, **percentiles(times), "n": count, "seconds": elapsed}
     finally:
         sock.close(0)
         ctx.term()
@@ -94,8 +98,9 @@ def dealer_router(workdir: Path, count: int) -> dict[str, float]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind("tcp://127.0.0.1:*")
     endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    sender = Proc("raw-dealer", python("-m", "benchmarks.rawzmq", "dealer", endpoint,
-                                       str(count)), workdir)
+    sender = Proc(
+        "raw-dealer", python("-m", "benchmarks.rawzmq", "dealer", endpoint, str(count)), workdir
+    )
     try:
         if not sock.poll(15000):
             raise TimeoutError("raw DEALER sent nothing within 15 s")

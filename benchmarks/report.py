@@ -58,8 +58,13 @@ def _rate(value: float | None) -> str:
 
 def best_peer(records: list[Record], workload: str, backend: str | None = None) -> Record | None:
     """The peer (not jobsd) with the highest jobs/s, or for latency the lowest p50."""
-    peers = [r for r in records if r.family != "jobsd" and r.workload == workload
-             and (backend is None or r.backend == backend)]
+    peers = [
+        r
+        for r in records
+        if r.family != "jobsd"
+        and r.workload == workload
+        and (backend is None or r.backend == backend)
+    ]
     if workload == "latency":
         peers = [r for r in peers if r.p50_ms is not None]
         return min(peers, key=lambda r: r.p50_ms or 0.0, default=None)
@@ -95,13 +100,15 @@ def table(records: list[Record], failures: dict[str, str]) -> str:
     rows = [head]
     for name, by_workload in systems.items():
         any_record = next(iter(by_workload.values()))
-        rows.append([name, any_record.backend,
-                     *(_cell(by_workload.get(w), best[w]) for w in WORKLOADS)])
+        rows.append(
+            [name, any_record.backend, *(_cell(by_workload.get(w), best[w]) for w in WORKLOADS)]
+        )
     for name, error in failures.items():
         rows.append([name, "FAILED", error[:60], "", "", "", ""])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -111,30 +118,43 @@ def footer(records: list[Record], raw: dict[str, dict[str, float]]) -> str:
     lines = [
         "jobs/s unless noted; (Nx) = ratio to the fastest peer in that column, the best "
         "peer being 1.00x; for latency (Nx) = best peer p50 / this p50, so >1 is faster.",
-        "Fastest peers: " + ", ".join(
-            f"{HEADINGS[w]} = {b.system}" for w, b in best.items() if b is not None),
+        "Fastest peers: "
+        + ", ".join(f"{HEADINGS[w]} = {b.system}" for w, b in best.items() if b is not None),
         "enqueue: N/2 one by one + N/2 batched, no workers; drain: N queued, 2 worker "
         "processes started, first job run to last; end-to-end: idle workers, N submitted "
         "one by one, first submit to last run; latency: one job at a time, enqueue to start.",
     ]
     sizes = sorted({(r.system, r.workload, r.n) for r in records if r.workload in WORKLOADS})
-    capped = sorted({s for s, w, n in sizes if w == "drain"
-                     and n < max(x[2] for x in sizes if x[1] == "drain")})
+    capped = sorted(
+        {s for s, w, n in sizes if w == "drain" and n < max(x[2] for x in sizes if x[1] == "drain")}
+    )
     if capped:
-        lines.append("Smaller N (too slow for the full N): " + ", ".join(
-            f"{s} N={n}" for s, w, n in sizes if s in capped and w == "drain"))
+        lines.append(
+            "Smaller N (too slow for the full N): "
+            + ", ".join(f"{s} N={n}" for s, w, n in sizes if s in capped and w == "drain")
+        )
     if raw:
-        lines.append("Raw pyzmq on this machine: " + "; ".join(
-            f"{name} {_rate(v['jobs_per_s'])} msgs/s"
-            + (f" (p50 {v['p50_ms']:.3f} ms, p99 {v['p99_ms']:.3f} ms)" if "p50_ms" in v else "")
-            for name, v in raw.items()))
+        lines.append(
+            "Raw pyzmq on this machine: "
+            + "; ".join(
+                f"{name} {_rate(v['jobs_per_s'])} msgs/s"
+                + (
+                    f" (p50 {v['p50_ms']:.3f} ms, p99 {v['p99_ms']:.3f} ms)"
+                    if "p50_ms" in v
+                    else ""
+                )
+                for name, v in raw.items()
+            )
+        )
     lines.append("Worker settings (2 processes each):")
     seen: dict[str, str] = {}
     for r in records:
         if r.workload in WORKLOADS and r.system not in seen:
             seen[r.system] = r.settings
-            batch = next((x.note for x in records
-                          if x.system == r.system and x.workload == "enqueue_batch"), "")
+            batch = next(
+                (x.note for x in records if x.system == r.system and x.workload == "enqueue_batch"),
+                "",
+            )
             versions = " ".join(f"{k} {v}" for k, v in r.versions.items())
             lines.append(f"  {r.system}: {r.settings}; batch: {batch or 'n/a'}; {versions}")
     return "\n".join(lines)
@@ -160,57 +180,109 @@ def targets(records: list[Record], raw: dict[str, dict[str, float]]) -> list[Tar
             out.append(Target(name, f">= {goal}x", "not measured", None))
             return
         ratio = mine.jobs_per_s / against.jobs_per_s
-        out.append(Target(name, f">= {goal}x", f"{ratio:.2f}x ({_rate(mine.jobs_per_s)} vs "
-                          f"{against.system} {_rate(against.jobs_per_s)})", ratio >= goal))
+        out.append(
+            Target(
+                name,
+                f">= {goal}x",
+                f"{ratio:.2f}x ({_rate(mine.jobs_per_s)} vs "
+                f"{against.system} {_rate(against.jobs_per_s)})",
+                ratio >= goal,
+            )
+        )
 
     ratio_target("drain, memory vs fastest peer", "jobsd-memory", best_peer(records, "drain"), 3.0)
-    ratio_target("drain, SQLite vs fastest peer on Redis", "jobsd-sqlite",
-                 best_peer(records, "drain", backend="Redis"), 1.5)
+    ratio_target(
+        "drain, SQLite vs fastest peer on Redis",
+        "jobsd-sqlite",
+        best_peer(records, "drain", backend="Redis"),
+        1.5,
+    )
     batch = get("jobsd-memory", "enqueue_batch")
     if batch and batch.jobs_per_s:
-        out.append(Target("submit_many", ">= 50k jobs/s", f"{_rate(batch.jobs_per_s)} jobs/s",
-                          batch.jobs_per_s >= 50_000))
+        out.append(
+            Target(
+                "submit_many",
+                ">= 50k jobs/s",
+                f"{_rate(batch.jobs_per_s)} jobs/s",
+                batch.jobs_per_s >= 50_000,
+            )
+        )
     else:
         out.append(Target("submit_many", ">= 50k jobs/s", "not measured", None))
     one, rr = get("jobsd-memory", "enqueue_one"), raw.get("REQ/REP")
     if one and one.jobs_per_s and rr:
         share = one.jobs_per_s / rr["jobs_per_s"]
-        out.append(Target("submit one by one vs raw REQ/REP", ">= 80%",
-                          f"{share:.0%} ({_rate(one.jobs_per_s)} vs {_rate(rr['jobs_per_s'])}/s)",
-                          share >= 0.8))
+        out.append(
+            Target(
+                "submit one by one vs raw REQ/REP",
+                ">= 80%",
+                f"{share:.0%} ({_rate(one.jobs_per_s)} vs {_rate(rr['jobs_per_s'])}/s)",
+                share >= 0.8,
+            )
+        )
     else:
         out.append(Target("submit one by one vs raw REQ/REP", ">= 80%", "not measured", None))
     lat = get("jobsd-memory", "latency")
     if lat and lat.p50_ms is not None and lat.p99_ms is not None:
-        out.append(Target("latency p50, memory", "<= 0.35 ms", f"{lat.p50_ms:.3f} ms",
-                          lat.p50_ms <= 0.35))
-        out.append(Target("latency p99, memory", "<= 1 ms", f"{lat.p99_ms:.3f} ms",
-                          lat.p99_ms <= 1.0))
+        out.append(
+            Target("latency p50, memory", "<= 0.35 ms", f"{lat.p50_ms:.3f} ms", lat.p50_ms <= 0.35)
+        )
+        out.append(
+            Target("latency p99, memory", "<= 1 ms", f"{lat.p99_ms:.3f} ms", lat.p99_ms <= 1.0)
+        )
     soak = next((r for r in records if r.workload == "soak"), None)
     if soak is not None:
-        out.append(Target("broker RSS flat over the soak", "flat",
-                          f"{soak.extra.get('rss_start_mb', 0):.0f} -> "
-                          f"{soak.extra.get('rss_end_mb', 0):.0f} MB "
-                          f"(peak {soak.extra.get('rss_peak_mb', 0):.0f}) over {soak.n} jobs",
-                          bool(soak.extra.get("flat"))))
+        out.append(
+            Target(
+                "broker RSS flat over the soak",
+                "flat",
+                f"{soak.extra.get('rss_start_mb', 0):.0f} -> "
+                f"{soak.extra.get('rss_end_mb', 0):.0f} MB "
+                f"(peak {soak.extra.get('rss_peak_mb', 0):.0f}) over {soak.n} jobs",
+                bool(soak.extra.get("flat")),
+            )
+        )
     return out
 
 
 def targets_text(items: list[Target]) -> str:
     mark = {True: "MET   ", False: "MISSED", None: "  -   "}
     width = max(len(t.name) for t in items)
-    return "\n".join(f"  {mark[t.met]}  {t.name.ljust(width)}  goal {t.goal:<14} got {t.measured}"
-                     for t in items)
+    return "\n".join(
+        f"  {mark[t.met]}  {t.name.ljust(width)}  goal {t.goal:<14} got {t.measured}" for t in items
+    )
 
 
-def write_json(path: Path, records: list[Record], raw: dict[str, dict[str, float]],
-               meta: dict[str, Any], failures: dict[str, str]) -> None:
+def write_json(
+    path: Path,
+    records: list[Record],
+    raw: dict[str, dict[str, float]],
+    meta: dict[str, Any],
+    failures: dict[str, str],
+) -> None:
     out = [asdict(r) for r in records]
     for name, values in raw.items():
-        out.append(asdict(Record(f"raw-pyzmq {name}", "pyzmq", "loopback tcp", name,
-                                 int(values["n"]), values["jobs_per_s"], values.get("p50_ms"),
-                                 values.get("p99_ms"), values.get("seconds"),
-                                 versions=meta.get("raw_versions", {}), verified=True)))
-    body = {"meta": meta, "records": out,
-            "targets": [asdict(t) for t in targets(records, raw)], "failures": failures}
+        out.append(
+            asdict(
+                Record(
+                    f"raw-pyzmq {name}",
+                    "pyzmq",
+                    "loopback tcp",
+                    name,
+                    int(values["n"]),
+                    values["jobs_per_s"],
+                    values.get("p50_ms"),
+                    values.get("p99_ms"),
+                    values.get("seconds"),
+                    versions=meta.get("raw_versions", {}),
+                    verified=True,
+                )
+            )
+        )
+    body = {
+        "meta": meta,
+        "records": out,
+        "targets": [asdict(t) for t in targets(records, raw)],
+        "failures": failures,
+    }
     path.write_text(json.dumps(body, indent=2) + "\n")

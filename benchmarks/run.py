@@ -1,10 +1,10 @@
 """``python -m benchmarks.run``: jobsd and its peers on the same work, one run.
 
-    python -m benchmarks.run                    # everything, N = 20,000
-    python -m benchmarks.run --quick            # under 2 minutes
-    python -m benchmarks.run --systems jobsd-memory,huey-redis --n 5000 --json out.json
-    python -m benchmarks.run --systems none --soak          # only the 1M-job soak
-    python -m benchmarks.run --list
+python -m benchmarks.run                    # everything, N = 20,000
+python -m benchmarks.run --quick            # under 2 minutes
+python -m benchmarks.run --systems jobsd-memory,huey-redis --n 5000 --json out.json
+python -m benchmarks.run --systems none --soak          # only the 1M-job soak
+python -m benchmarks.run --list
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def all_systems() -> list[type[System]]:
     out += [JobsdMemory, JobsdSQLite, JobsdPostgres]
     for module, names in (
         ("rq", ("RQFork", "RQSimple")),
-        ("celery", ("CeleryRabbitLate", "CeleryRabbitDefault", "CeleryRedisLate",
-                    "CeleryRedisDefault")),
+        (
+            "celery",
+            ("CeleryRabbitLate", "CeleryRabbitDefault", "CeleryRedisLate", "CeleryRedisDefault"),
+        ),
         ("dramatiq", ("DramatiqRabbit", "DramatiqRedis")),
         ("huey", ("HueyRedis", "HueySQLite")),
     ):
@@ -51,33 +53,61 @@ def all_systems() -> list[type[System]]:
 
 
 #: --quick: what runs and how much (measured at about 90 s on 2 cores).
-QUICK_SYSTEMS = ("jobsd-memory", "jobsd-sqlite", "jobsd-postgres", "rq-simple",
-                 "celery-rabbitmq-late", "celery-redis-late", "dramatiq-rabbitmq",
-                 "dramatiq-redis", "huey-redis", "huey-sqlite")
+QUICK_SYSTEMS = (
+    "jobsd-memory",
+    "jobsd-sqlite",
+    "jobsd-postgres",
+    "rq-simple",
+    "celery-rabbitmq-late",
+    "celery-redis-late",
+    "dramatiq-rabbitmq",
+    "dramatiq-redis",
+    "huey-redis",
+    "huey-sqlite",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="small N, fewer systems: under 2 minutes")
-    p.add_argument("--systems", default="all",
-                   help="comma-separated keys or families (jobsd, rq, celery, ...), "
-                        "'all' or 'none' (default: all; --quick: a subset)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small N, fewer systems: under 2 minutes")
+    p.add_argument(
+        "--systems",
+        default="all",
+        help="comma-separated keys or families (jobsd, rq, celery, ...), "
+        "'all' or 'none' (default: all; --quick: a subset)",
+    )
     p.add_argument("--n", type=int, help="jobs for enqueue+drain (default 20000; quick 1000)")
     p.add_argument("--n-e2e", type=int, help="jobs for end-to-end (default: N)")
     p.add_argument("--latency-samples", type=int, help="default 1000; quick 100")
     p.add_argument("--raw-count", type=int, help="REQ/REP round trips (default 20000)")
     p.add_argument("--no-raw", action="store_true", help="skip the raw pyzmq baselines")
-    p.add_argument("--soak", type=int, nargs="?", const=1_000_000, default=None, metavar="N",
-                   help="also push N jobs (default 1,000,000) through jobsd with the "
-                        "broker's RSS sampled; never part of --quick")
-    p.add_argument("--soak-broker-args", default=None,
-                   help="extra `jobsd serve` flags for the soak (default: "
-                        "'--keep-done 1 --retention-interval 2')")
+    p.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=None,
+        metavar="N",
+        help="also push N jobs (default 1,000,000) through jobsd with the "
+        "broker's RSS sampled; never part of --quick",
+    )
+    p.add_argument(
+        "--soak-broker-args",
+        default=None,
+        help="extra `jobsd serve` flags for the soak (default: "
+        "'--keep-done 1 --retention-interval 2')",
+    )
     p.add_argument("--json", type=Path, help="write every record to this file")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="py-spy the jobsd client, broker and workers into DIR")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the jobsd client, broker and workers into DIR",
+    )
     p.add_argument("--workdir", type=Path, help="logs and SQLite files (default: a temp dir)")
     p.add_argument("--list", action="store_true", help="list the systems and exit")
     return p.parse_args(argv)
@@ -115,16 +145,16 @@ def machine() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - informational only
         info["redis_server"] = f"unavailable: {exc}"
     try:
-        out = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True,
-                             timeout=20)
+        out = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True, timeout=20)
         info["rabbitmq_server"] = out.stdout.strip() or "?"
     except (OSError, subprocess.TimeoutExpired):
         info["rabbitmq_server"] = "?"
     try:
         import psycopg
 
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test",
-                             connect_timeout=5) as conn:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/test", connect_timeout=5
+        ) as conn:
             info["postgresql_server"] = conn.execute("SHOW server_version").fetchone()[0]
     except Exception:  # noqa: BLE001 - informational only
         info["postgresql_server"] = "?"
@@ -159,17 +189,27 @@ def main(argv: list[str] | None = None) -> None:
     records: list[report.Record] = []
     failures: dict[str, str] = {}
     raw: dict[str, dict[str, float]] = {}
-    meta = {"machine": machine(), "argv": sys.argv[1:], "n": n, "quick": args.quick,
-            "raw_versions": {"pyzmq": __import__("zmq").__version__,
-                             "libzmq": __import__("zmq").zmq_version()}}
+    meta = {
+        "machine": machine(),
+        "argv": sys.argv[1:],
+        "n": n,
+        "quick": args.quick,
+        "raw_versions": {
+            "pyzmq": __import__("zmq").__version__,
+            "libzmq": __import__("zmq").zmq_version(),
+        },
+    }
     print(f"jobsd benchmarks: N={n}, {len(chosen)} systems, logs in {workdir}", flush=True)
     try:
         if not args.no_raw:
             count = args.raw_count or (5000 if args.quick else 20_000)
             raw["REQ/REP"] = rawzmq.req_rep(workdir, count)
             raw["DEALER->ROUTER"] = rawzmq.dealer_router(workdir, count * 10)
-            print(f"  raw pyzmq: REQ/REP {raw['REQ/REP']['jobs_per_s']:.0f} round trips/s, "
-                  f"DEALER->ROUTER {raw['DEALER->ROUTER']['jobs_per_s']:.0f} msgs/s", flush=True)
+            print(
+                f"  raw pyzmq: REQ/REP {raw['REQ/REP']['jobs_per_s']:.0f} round trips/s, "
+                f"DEALER->ROUTER {raw['DEALER->ROUTER']['jobs_per_s']:.0f} msgs/s",
+                flush=True,
+            )
         for cls in chosen:
             system = cls(workdir)
             t0 = time.monotonic()
@@ -177,9 +217,13 @@ def main(argv: list[str] | None = None) -> None:
                 got = run_system(system, plan, tally)
                 records += got
                 summary = ", ".join(
-                    f"{r.workload} {r.jobs_per_s:.0f}/s" if r.jobs_per_s else
-                    f"{r.workload} p50 {r.p50_ms:.2f} ms" if r.p50_ms is not None else
-                    f"{r.workload} n/a" for r in got)
+                    f"{r.workload} {r.jobs_per_s:.0f}/s"
+                    if r.jobs_per_s
+                    else f"{r.workload} p50 {r.p50_ms:.2f} ms"
+                    if r.p50_ms is not None
+                    else f"{r.workload} n/a"
+                    for r in got
+                )
                 print(f"  {cls.key}: {summary} [{time.monotonic() - t0:.0f} s]", flush=True)
             except KeyboardInterrupt:
                 raise
@@ -197,10 +241,13 @@ def main(argv: list[str] | None = None) -> None:
             soak = run_soak(workdir, tally, args.soak, args.soak_broker_args or DEFAULT_BROKER_ARGS)
             records.append(soak)
             e = soak.extra
-            print(f"  soak: {soak.jobs_per_s:.0f} jobs/s, broker RSS {e['rss_start_mb']:.0f} -> "
-                  f"{e['rss_settled_mb']:.0f} (at 25%) -> {e['rss_end_mb']:.0f} MB, peak "
-                  f"{e['rss_peak_mb']:.0f} MB: {'FLAT' if e['flat'] else 'GROWING'}"
-                  f"{'' if soak.verified else ' NOT VERIFIED: ' + soak.note}", flush=True)
+            print(
+                f"  soak: {soak.jobs_per_s:.0f} jobs/s, broker RSS {e['rss_start_mb']:.0f} -> "
+                f"{e['rss_settled_mb']:.0f} (at 25%) -> {e['rss_end_mb']:.0f} MB, peak "
+                f"{e['rss_peak_mb']:.0f} MB: {'FLAT' if e['flat'] else 'GROWING'}"
+                f"{'' if soak.verified else ' NOT VERIFIED: ' + soak.note}",
+                flush=True,
+            )
     finally:
         cleanup_all()
     meta["seconds"] = time.monotonic() - started
@@ -212,9 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     print("Issue #6 targets:")
     print(report.targets_text(report.targets(records, raw)))
     m = meta["machine"]
-    print(f"\n{m.get('cpu', '?')}, {m['cores']} cores, Python {m['python']}, Redis "
-          f"{m['redis_server']}, RabbitMQ {m['rabbitmq_server']}, PostgreSQL "
-          f"{m['postgresql_server']}; total {meta['seconds']:.0f} s")
+    print(
+        f"\n{m.get('cpu', '?')}, {m['cores']} cores, Python {m['python']}, Redis "
+        f"{m['redis_server']}, RabbitMQ {m['rabbitmq_server']}, PostgreSQL "
+        f"{m['postgresql_server']}; total {meta['seconds']:.0f} s"
+    )
     if plan.profiler:
         print("\nProfiles (" + str(args.profile) + "):")
         for text in plan.profiler.summaries:

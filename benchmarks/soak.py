@@ -27,8 +27,14 @@ WINDOW = 20_000
 DEFAULT_BROKER_ARGS = "--keep-done 1 --retention-interval 2"
 
 
-def run_soak(workdir: Path, tally: Tally, n: int, broker_args: str = DEFAULT_BROKER_ARGS,
-             interval: float = 1.0, stall: float = 60.0) -> Record:
+def run_soak(
+    workdir: Path,
+    tally: Tally,
+    n: int,
+    broker_args: str = DEFAULT_BROKER_ARGS,
+    interval: float = 1.0,
+    stall: float = 60.0,
+) -> Record:
     from benchmarks.procs import Proc, python
     from jobsd import Client, JobRequest
 
@@ -37,9 +43,20 @@ def run_soak(workdir: Path, tally: Tally, n: int, broker_args: str = DEFAULT_BRO
     stop = threading.Event()
     tally.flush()
     tag = tally.new_tag("jobsd-memory", "soak")
-    broker = Proc("soak-broker", python("-m", "jobsd", "serve", "--bind", "tcp://127.0.0.1:*",
-                                        "--storage", "memory://", *shlex.split(broker_args)),
-                  workdir)
+    broker = Proc(
+        "soak-broker",
+        python(
+            "-m",
+            "jobsd",
+            "serve",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--storage",
+            "memory://",
+            *shlex.split(broker_args),
+        ),
+        workdir,
+    )
     try:
         system.broker = broker
         system.endpoint = broker.wait_for(r"broker serving on (\S+)", 30.0).group(1)
@@ -51,8 +68,9 @@ def run_soak(workdir: Path, tally: Tally, n: int, broker_args: str = DEFAULT_BRO
 
         def sample() -> None:
             while not stop.is_set():
-                samples.append((time.monotonic() - start, tally.count(tag),
-                                process.memory_info().rss / 2**20))
+                samples.append(
+                    (time.monotonic() - start, tally.count(tag), process.memory_info().rss / 2**20)
+                )
                 stop.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -76,15 +94,25 @@ def run_soak(workdir: Path, tally: Tally, n: int, broker_args: str = DEFAULT_BRO
         time.sleep(max(3.0, 2 * interval))  # a retention sweep after the last job
         stop.set()
         sampler.join(5.0)
-        samples.append((time.monotonic() - start, tally.count(tag),
-                        process.memory_info().rss / 2**20))
+        samples.append(
+            (time.monotonic() - start, tally.count(tag), process.memory_info().rss / 2**20)
+        )
         runs, unique = tally.count(tag), tally.unique(tag)
         verified = runs == n and unique == n
-        return Record("jobsd-memory", "jobsd", "memory", "soak", n, jobs_per_s=n / elapsed,
-                      seconds=elapsed, versions=system.versions(),
-                      settings=f"{system.settings}; broker {broker_args}",
-                      note="" if verified else f"{runs} runs of {unique} distinct jobs",
-                      verified=verified, extra=flatness(samples))
+        return Record(
+            "jobsd-memory",
+            "jobsd",
+            "memory",
+            "soak",
+            n,
+            jobs_per_s=n / elapsed,
+            seconds=elapsed,
+            versions=system.versions(),
+            settings=f"{system.settings}; broker {broker_args}",
+            note="" if verified else f"{runs} runs of {unique} distinct jobs",
+            verified=verified,
+            extra=flatness(samples),
+        )
     finally:
         stop.set()
         system.close()

@@ -45,8 +45,18 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
     records: list[Record] = []
 
     def record(workload: str, count: int, **values: Any) -> None:
-        records.append(Record(system.key, system.family, system.backend, workload, count,
-                              versions=versions, settings=system.settings, **values))
+        records.append(
+            Record(
+                system.key,
+                system.family,
+                system.backend,
+                workload,
+                count,
+                versions=versions,
+                settings=system.settings,
+                **values,
+            )
+        )
 
     tally.flush()
     system.prepare()
@@ -68,8 +78,13 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
         for chunk in range(half, n, BATCH):
             system.submit_batch(queued_tag, rest[chunk - half : chunk - half + BATCH])
         elapsed = time.perf_counter() - start
-        record("enqueue_batch", len(rest), jobs_per_s=len(rest) / elapsed, seconds=elapsed,
-               note=system.batch_api)
+        record(
+            "enqueue_batch",
+            len(rest),
+            jobs_per_s=len(rest) / elapsed,
+            seconds=elapsed,
+            note=system.batch_api,
+        )
     else:
         for i in rest:
             system.submit(queued_tag, i)
@@ -89,8 +104,13 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
         plan.profiler.stop(profiling)
     first, last = tally.window(queued_tag)
     tally.verify(queued_tag, n)
-    record("drain", n, jobs_per_s=n / (last - first), seconds=last - first,
-           extra={"startup_s": first - launched})
+    record(
+        "drain",
+        n,
+        jobs_per_s=n / (last - first),
+        seconds=last - first,
+        extra={"startup_s": first - launched},
+    )
     system.wait_ready(plan.start_timeout)
 
     # 3. latency: one job at a time to idle workers
@@ -119,8 +139,13 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
     tally.wait_count(e2e_tag, n_e2e, stall=plan.stall)
     _, last = tally.window(e2e_tag)
     tally.verify(e2e_tag, n_e2e)
-    record("e2e", n_e2e, jobs_per_s=n_e2e / (last - start), seconds=last - start,
-           extra={"submit_s": submitted - start})
+    record(
+        "e2e",
+        n_e2e,
+        jobs_per_s=n_e2e / (last - start),
+        seconds=last - start,
+        extra={"submit_s": submitted - start},
+    )
 
     # Late duplicates (a redelivery after the count was reached) would show now.
     time.sleep(0.5)
@@ -128,8 +153,7 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
         tally.verify(tag, count)
     done = system.broker_done()
     if done is not None and done != n + samples + n_e2e:
-        raise CountError(f"{system.key}: broker counts {done} done, expected "
-                         f"{n + samples + n_e2e}")
+        raise CountError(f"{system.key}: broker counts {done} done, expected {n + samples + n_e2e}")
     for r in records:
         r.verified = True
     return records

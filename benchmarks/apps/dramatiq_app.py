@@ -23,10 +23,12 @@ def make_broker(kind: str) -> dramatiq.Broker:
 
 def declare(broker: dramatiq.Broker) -> tuple[dramatiq.Actor, dramatiq.Actor]:
     """The two bench actors on ``broker`` (no retries: a failure must show)."""
-    noop_actor = dramatiq.actor(tasks.noop, broker=broker, actor_name="bench_noop",
-                                queue_name=QUEUE, max_retries=0)
-    lat_actor = dramatiq.actor(tasks.lat, broker=broker, actor_name="bench_lat",
-                               queue_name=QUEUE, max_retries=0)
+    noop_actor = dramatiq.actor(
+        tasks.noop, broker=broker, actor_name="bench_noop", queue_name=QUEUE, max_retries=0
+    )
+    lat_actor = dramatiq.actor(
+        tasks.lat, broker=broker, actor_name="bench_lat", queue_name=QUEUE, max_retries=0
+    )
     return noop_actor, lat_actor
 
 

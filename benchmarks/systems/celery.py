@@ -33,15 +33,33 @@ class _Celery(System):
             queue(conn.default_channel).purge()
 
     def start_workers(self) -> None:
-        env = {"BENCH_CELERY_BROKER": self.broker_url,
-               "BENCH_CELERY_ACKS_LATE": "1" if self.acks_late else "0"}
-        self.procs.append(Proc(
-            f"{self.key}-worker",
-            python("-m", "celery", "-A", "benchmarks.apps.celery_app", "worker", "-Q", QUEUE,
-                   "-P", "prefork", "-c", "2", "-l", "warning", *WORKER_FLAGS),
-            self.workdir,
-            env,
-        ))
+        env = {
+            "BENCH_CELERY_BROKER": self.broker_url,
+            "BENCH_CELERY_ACKS_LATE": "1" if self.acks_late else "0",
+        }
+        self.procs.append(
+            Proc(
+                f"{self.key}-worker",
+                python(
+                    "-m",
+                    "celery",
+                    "-A",
+                    "benchmarks.apps.celery_app",
+                    "worker",
+                    "-Q",
+                    QUEUE,
+                    "-P",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "-l",
+                    "warning",
+                    *WORKER_FLAGS,
+                ),
+                self.workdir,
+                env,
+            )
+        )
 
     def submit(self, tag: str, i: int) -> None:
         self.app.send_task("bench.noop", (tag, i), queue=QUEUE)
@@ -54,8 +72,11 @@ class _Celery(System):
 
     def queued(self) -> int | None:
         with self.app.connection_for_write() as conn:
-            return int(self.app.amqp.queues[QUEUE](conn.default_channel).queue_declare(
-                passive=True).message_count)
+            return int(
+                self.app.amqp.queues[QUEUE](conn.default_channel)
+                .queue_declare(passive=True)
+                .message_count
+            )
 
     def close(self) -> None:
         super().close()
@@ -70,10 +91,17 @@ def _variant(name: str, url: str, backend: str, late: bool) -> type[_Celery]:
         + ("task_acks_late, prefetch_multiplier 1" if late else "defaults (early ack, prefetch 4)")
         + ", without gossip/mingle/heartbeat, -l warning"
     )
-    return type(name, (_Celery,), {
-        "key": f"celery-{'rabbitmq' if 'amqp' in url else 'redis'}-{'late' if late else 'default'}",
-        "backend": backend, "broker_url": url, "acks_late": late, "settings": settings,
-    })
+    return type(
+        name,
+        (_Celery,),
+        {
+            "key": f"celery-{backend.lower()}-{'late' if late else 'default'}",
+            "backend": backend,
+            "broker_url": url,
+            "acks_late": late,
+            "settings": settings,
+        },
+    )
 
 
 CeleryRabbitLate = _variant("CeleryRabbitLate", RABBIT_URL, "RabbitMQ", True)

@@ -25,13 +25,24 @@ class _Dramatiq(System):
         self.broker.flush_all()
 
     def start_workers(self) -> None:
-        self.procs.append(Proc(
-            f"{self.key}-worker",
-            python("-m", "dramatiq", "benchmarks.apps.dramatiq_app", "--processes", "2",
-                   "--threads", "8", "--queues", QUEUE),
-            self.workdir,
-            {"BENCH_DRAMATIQ_BROKER": self.kind},
-        ))
+        self.procs.append(
+            Proc(
+                f"{self.key}-worker",
+                python(
+                    "-m",
+                    "dramatiq",
+                    "benchmarks.apps.dramatiq_app",
+                    "--processes",
+                    "2",
+                    "--threads",
+                    "8",
+                    "--queues",
+                    QUEUE,
+                ),
+                self.workdir,
+                {"BENCH_DRAMATIQ_BROKER": self.kind},
+            )
+        )
 
     def submit(self, tag: str, i: int) -> None:
         self.noop.send(tag, i)

@@ -25,13 +25,24 @@ class _Huey(System):
         self.huey.flush()
 
     def start_workers(self) -> None:
-        self.procs.append(Proc(
-            f"{self.key}-worker",
-            python("-m", CONSUMER, "benchmarks.apps.huey_app.huey", "-k", "process", "-w", "2",
-                   "-q", *self.poll_flags),
-            self.workdir,
-            {"BENCH_HUEY": self.kind, "BENCH_HUEY_SQLITE": self.sqlite_path()},
-        ))
+        self.procs.append(
+            Proc(
+                f"{self.key}-worker",
+                python(
+                    "-m",
+                    CONSUMER,
+                    "benchmarks.apps.huey_app.huey",
+                    "-k",
+                    "process",
+                    "-w",
+                    "2",
+                    "-q",
+                    *self.poll_flags,
+                ),
+                self.workdir,
+                {"BENCH_HUEY": self.kind, "BENCH_HUEY_SQLITE": self.sqlite_path()},
+            )
+        )
 
     def submit(self, tag: str, i: int) -> None:
         self.noop(tag, i)

@@ -38,20 +38,41 @@ class Jobsd(System):
     def prepare(self) -> None:
         self.broker = Proc(
             f"{self.key}-broker",
-            python("-m", "jobsd", "serve", "--bind", "tcp://127.0.0.1:*",
-                   "--storage", self.storage_url()),
+            python(
+                "-m",
+                "jobsd",
+                "serve",
+                "--bind",
+                "tcp://127.0.0.1:*",
+                "--storage",
+                self.storage_url(),
+            ),
             self.workdir,
         )
         self.endpoint = self.broker.wait_for(r"broker serving on (\S+)", START_TIMEOUT).group(1)
         self.client = Client(self.endpoint, timeout=30.0)
 
     def start_workers(self) -> None:
-        self.procs.append(Proc(
-            f"{self.key}-workers",
-            python("-m", "jobsd", "worker", APP, "--connect", self.endpoint, "-q", QUEUE,
-                   "-c", str(CONCURRENCY), "--processes", "2"),
-            self.workdir,
-        ))
+        self.procs.append(
+            Proc(
+                f"{self.key}-workers",
+                python(
+                    "-m",
+                    "jobsd",
+                    "worker",
+                    APP,
+                    "--connect",
+                    self.endpoint,
+                    "-q",
+                    QUEUE,
+                    "-c",
+                    str(CONCURRENCY),
+                    "--processes",
+                    "2",
+                ),
+                self.workdir,
+            )
+        )
 
     def wait_ready(self, timeout: float) -> None:
         self.procs[0].wait_for("registered with the broker", timeout, count=2)

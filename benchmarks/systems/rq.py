@@ -31,13 +31,25 @@ class _RQ(System):
     def start_workers(self) -> None:
         env = {"BENCH_RECORD_DIRECT": "1"} if self.worker_class == "rq.worker.Worker" else {}
         for n in range(2):
-            self.procs.append(Proc(
-                f"{self.key}-worker{n}",
-                python("-m", "rq.cli", "worker", "-u", REDIS_URL, "-w", self.worker_class,
-                       "-q", "--disable-job-desc-logging", QUEUE),
-                self.workdir,
-                env,
-            ))
+            self.procs.append(
+                Proc(
+                    f"{self.key}-worker{n}",
+                    python(
+                        "-m",
+                        "rq.cli",
+                        "worker",
+                        "-u",
+                        REDIS_URL,
+                        "-w",
+                        self.worker_class,
+                        "-q",
+                        "--disable-job-desc-logging",
+                        QUEUE,
+                    ),
+                    self.workdir,
+                    env,
+                )
+            )
 
     def submit(self, tag: str, i: int) -> None:
         self.queue.enqueue(NOOP, tag, i)
