@@ -1,0 +1,244 @@
+"""The SQL schema of jobsd's storage, and how a database gets to its current version.
+
+Every table is named ``jobsd_*`` so jobsd can share a database with an
+application. ``jobsd_meta`` holds ``schema_version``; :func:`migrate` brings a
+database from whatever version it has up to :data:`SCHEMA_VERSION`, one step at
+a time, and refuses (with :class:`SchemaError`) a database written by a newer
+jobsd.
+
+Adding version 2 later:
+
+1. change the tables below to what version 2 looks like (a fresh database is
+   created straight at the newest version by ``create_all``);
+2. write ``def _v1_to_v2(conn): ...`` that alters a version-1 database into the
+   same shape (ALTER TABLE, CREATE INDEX, back-filling data);
+3. register it: ``STEPS[1] = _v1_to_v2``, and set ``SCHEMA_VERSION = 2``.
+
+Each step runs in its own transaction together with the version bump (MySQL and
+MariaDB commit DDL implicitly, so a step there must be safe to run again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+
+from jobsd.storage.base import SchemaError
+
+#: The schema version this code reads and writes.
+SCHEMA_VERSION = 1
+
+#: The longest id, name, queue, unique key or worker name the SQL backends store
+#: (an indexed VARCHAR must stay within MySQL's index key limit).
+MAX_KEY_LENGTH = 255
+
+_MYSQL_TABLE: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    # Binary collation: ids, queues and unique keys compare exactly, as they do
+    # in every other backend (the default collation ignores case).
+    "mysql_collate": "utf8mb4_bin",
+}
+
+#: An autoincrementing BIGINT that SQLite accepts as its rowid alias.
+_SeqType = BigInteger().with_variant(Integer(), "sqlite")
+#: Opaque bytes of any size (MySQL's BLOB stops at 64 KiB).
+_Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: Text of any size (tracebacks can be long; MySQL's TEXT stops at 64 KiB).
+_LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def _key() -> String:
+    return String(MAX_KEY_LENGTH)
+
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobsd_jobs",
+    metadata,
+    # Submission order, and the clustered key on InnoDB: inserts append.
+    Column("seq", _SeqType, primary_key=True, autoincrement=True),
+    Column("id", _key(), nullable=False),
+    Column("name", _key(), nullable=False),
+    Column("queue", _key(), nullable=False),
+    Column("args", _Blob, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("run_at", Double, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=True),
+    Column("backoff", Text, nullable=True),  # JSON
+    Column("timeout", Double, nullable=True),
+    Column("unique_key", _key(), nullable=True),
+    # unique_key while the job is scheduled, ready or running, else NULL: a
+    # plain UNIQUE index then enforces "one active job per key" everywhere
+    # (MariaDB has no partial indexes; NULLs never collide).
+    Column("active_key", _key(), nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("lease_until", Double, nullable=True),
+    Column("worker", _key(), nullable=True),
+    Column("result", _Blob, nullable=True),
+    Column("error", _LongText, nullable=True),
+    Index("ux_jobsd_jobs_id", "id", unique=True),
+    Index("ux_jobsd_jobs_active_key", "active_key", unique=True),
+    # claim: one queue's ready jobs in dispatch order, read straight off the index
+    # (and stats: counts by queue and state from the index alone).
+    Index("ix_jobsd_jobs_claim", "queue", "state", "priority", "run_at", "seq"),
+    # promote and next_run_at
+    Index("ix_jobsd_jobs_state_run_at", "state", "run_at"),
+    # expired
+    Index("ix_jobsd_jobs_state_lease", "state", "lease_until"),
+    # purge
+    Index("ix_jobsd_jobs_state_updated", "state", "updated_at"),
+    **_MYSQL_TABLE,
+)
+
+job_errors = Table(
+    "jobsd_job_errors",
+    metadata,
+    Column("seq", _SeqType, primary_key=True, autoincrement=True),
+    Column(
+        "job_id",
+        _key(),
+        ForeignKey("jobsd_jobs.id", ondelete="CASCADE", name="fk_jobsd_job_errors_job"),
+        nullable=False,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("error", _LongText, nullable=False),
+    Index("ix_jobsd_job_errors_job", "job_id", "seq"),
+    **_MYSQL_TABLE,
+)
+
+paused_queues = Table(
+    "jobsd_paused_queues",
+    metadata,
+    Column("queue", _key(), primary_key=True),
+    **_MYSQL_TABLE,
+)
+
+meta = Table(
+    "jobsd_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    **_MYSQL_TABLE,
+)
+
+#: ``STEPS[n]`` upgrades a version-``n`` database to version ``n + 1``.
+STEPS: dict[int, Callable[[Connection], None]] = {}
+
+
+def schema_version(conn: Connection) -> int:
+    """The database's schema version; 0 when it has no jobsd schema yet."""
+    if not inspect(conn).has_table(meta.name):
+        return 0
+    value = conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise SchemaError(f"jobsd_meta.schema_version is not a number: {value!r}") from None
+
+
+def check_version(version: int, where: str) -> None:
+    """Refuse a schema newer than this code."""
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the jobsd schema at {where} is version {version}, but this jobsd only "
+            f"knows versions up to {SCHEMA_VERSION}: upgrade jobsd to use this database"
+        )
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    updated = conn.execute(
+        meta.update().where(meta.c.key == "schema_version").values(value=str(version))
+    )
+    if updated.rowcount == 0:
+        conn.execute(meta.insert().values(key="schema_version", value=str(version)))
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Keep two processes from migrating one database at once.
+
+    SQLite serialises writers already (transactions begin IMMEDIATE); PostgreSQL
+    takes a transaction-level advisory lock inside each step; MySQL and MariaDB
+    hold a named lock on a connection of its own for the whole migration.
+    """
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    with engine.connect() as lock_conn:
+        got = lock_conn.scalar(text("SELECT GET_LOCK('jobsd_migrate', 60)"))
+        lock_conn.commit()
+        if got != 1:
+            raise SchemaError("another process holds the jobsd migration lock")
+        try:
+            yield
+        finally:
+            lock_conn.execute(text("SELECT RELEASE_LOCK('jobsd_migrate')"))
+            lock_conn.commit()
+
+
+def _lock_step(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('jobsd_migrate'))"))
+
+
+def migrate(engine: Engine, where: str | None = None) -> tuple[int, int]:
+    """Create the schema, or upgrade it step by step to :data:`SCHEMA_VERSION`.
+
+    Returns ``(from_version, to_version)``; they are equal when there was
+    nothing to do, and ``from_version`` is 0 for a database without a jobsd
+    schema. Raises :class:`SchemaError` for a schema newer than this code.
+    Safe to run from several processes at once.
+    """
+    where = where or engine.url.render_as_string(hide_password=True)
+    with _migration_lock(engine):
+        with engine.begin() as conn:
+            _lock_step(conn)
+            start = schema_version(conn)
+            check_version(start, where)
+            if start == 0:
+                # A fresh database goes straight to the newest version.
+                metadata.create_all(conn, checkfirst=True)
+                _set_version(conn, SCHEMA_VERSION)
+                return 0, SCHEMA_VERSION
+        version = start
+        while version < SCHEMA_VERSION:
+            step = STEPS.get(version)
+            if step is None:
+                raise SchemaError(f"no migration from schema version {version} at {where}")
+            with engine.begin() as conn:
+                _lock_step(conn)
+                current = schema_version(conn)
+                if current == version:  # not done meanwhile by another process
+                    step(conn)
+                    _set_version(conn, version + 1)
+                version = max(current, version + 1)
+    return start, SCHEMA_VERSION
