@@ -72,6 +72,12 @@ class MemoryStorage(Storage):
         job.lease_until = None
         job.worker = None
 
+    def _stale_ready(self, entry: tuple[int, float, int, str]) -> bool:
+        """A ready-heap entry whose job is no longer ready, or was made ready
+        again since under another ``run_at`` (a retry): its place is wrong."""
+        job = self._jobs.get(entry[3], _GONE)
+        return job.state != READY or job.run_at != entry[1]
+
     def _current(self, lease: Lease) -> JobRecord | None:
         job = self._running.get(lease.job_id)
         if job is None or job.attempts != lease.attempt:
@@ -126,7 +132,7 @@ class MemoryStorage(Storage):
             best_queue = ""
             for queue in heads:
                 heap = self._ready.get(queue)
-                while heap and self._jobs.get(heap[0][3], _GONE).state != READY:
+                while heap and self._stale_ready(heap[0]):
                     heapq.heappop(heap)  # lazily drop entries of jobs that moved on
                 if heap and (best is None or heap[0] < best):
                     best, best_queue = heap[0], queue
@@ -291,7 +297,9 @@ class MemoryStorage(Storage):
 
     def delete(self, job_ids: Sequence[str]) -> int:
         return self._delete(
-            job_id for job_id in job_ids if self._jobs.get(job_id, _GONE).state in FINAL_STATES
+            job_id
+            for job_id in dict.fromkeys(job_ids)  # an id named twice is deleted once
+            if self._jobs.get(job_id, _GONE).state in FINAL_STATES
         )
 
     def purge(self, states: Iterable[str], finished_before: float) -> int:
