@@ -29,6 +29,7 @@ REQUEST = [
 ]
 REPLY = [TAG, b"OK", msgpack.packb({"ids": ["0" * 32], "created": [True]})]
 REPORT = [b"", TAG, b"ACK", msgpack.packb({"acks": [["0" * 32, 1, None]]})]
+SINGLE = [b"".join(REPORT)]
 
 
 def _rep_server() -> None:
@@ -45,13 +46,14 @@ def _rep_server() -> None:
         sock.send_multipart(REPLY)
 
 
-def _dealer(endpoint: str, count: int) -> None:
+def _dealer(endpoint: str, count: int, frames: int) -> None:
+    message = REPORT if frames == len(REPORT) else SINGLE
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 5000)
     sock.connect(endpoint)
     for _ in range(count):
-        sock.send_multipart(REPORT)
+        sock.send_multipart(message)
     sock.send_multipart([b"", b"END"])
     sock.close()
     ctx.term()
@@ -91,15 +93,18 @@ def _round_trip(sock: zmq.Socket) -> None:  # type: ignore[type-arg]
     sock.recv_multipart()
 
 
-def dealer_router(workdir: Path, count: int) -> dict[str, float]:
-    """Messages per second from one DEALER process into one ROUTER."""
+def dealer_router(workdir: Path, count: int, frames: int = len(REPORT)) -> dict[str, float]:
+    """Messages per second from one DEALER process into one ROUTER: jobsd's
+    4-frame messages, or (``frames=1``) the same bytes in one frame."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind("tcp://127.0.0.1:*")
     endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     sender = Proc(
-        "raw-dealer", python("-m", "benchmarks.rawzmq", "dealer", endpoint, str(count)), workdir
+        "raw-dealer",
+        python("-m", "benchmarks.rawzmq", "dealer", endpoint, str(count), str(frames)),
+        workdir,
     )
     try:
         if not sock.poll(15000):
@@ -127,4 +132,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "rep":
         _rep_server()
     else:
-        _dealer(sys.argv[2], int(sys.argv[3]))
+        _dealer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

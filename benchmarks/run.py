@@ -52,21 +52,6 @@ def all_systems() -> list[type[System]]:
     return out
 
 
-#: --quick: what runs and how much (measured at about 90 s on 2 cores).
-QUICK_SYSTEMS = (
-    "jobsd-memory",
-    "jobsd-sqlite",
-    "jobsd-postgres",
-    "rq-simple",
-    "celery-rabbitmq-late",
-    "celery-redis-late",
-    "dramatiq-rabbitmq",
-    "dramatiq-redis",
-    "huey-redis",
-    "huey-sqlite",
-)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -78,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--systems",
         default="all",
         help="comma-separated keys or families (jobsd, rq, celery, ...), "
-        "'all' or 'none' (default: all; --quick: a subset)",
+        "'all' or 'none' (default: all)",
     )
     p.add_argument("--n", type=int, help="jobs for enqueue+drain (default 20000; quick 1000)")
     p.add_argument("--n-e2e", type=int, help="jobs for end-to-end (default: N)")
@@ -117,7 +102,7 @@ def select(classes: list[type[System]], spec: str, quick: bool) -> list[type[Sys
     if spec == "none":
         return []
     if spec == "all":
-        return [c for c in classes if not quick or c.key in QUICK_SYSTEMS]
+        return classes
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
     unknown = [w for w in wanted if not any(w in (c.key, c.family) for c in classes)]
     if unknown:
@@ -205,9 +190,11 @@ def main(argv: list[str] | None = None) -> None:
             count = args.raw_count or (5000 if args.quick else 20_000)
             raw["REQ/REP"] = rawzmq.req_rep(workdir, count)
             raw["DEALER->ROUTER"] = rawzmq.dealer_router(workdir, count * 10)
+            raw["DEALER->ROUTER 1 frame"] = rawzmq.dealer_router(workdir, count * 10, frames=1)
             print(
                 f"  raw pyzmq: REQ/REP {raw['REQ/REP']['jobs_per_s']:.0f} round trips/s, "
-                f"DEALER->ROUTER {raw['DEALER->ROUTER']['jobs_per_s']:.0f} msgs/s",
+                f"DEALER->ROUTER {raw['DEALER->ROUTER']['jobs_per_s']:.0f} msgs/s (4 frames), "
+                f"{raw['DEALER->ROUTER 1 frame']['jobs_per_s']:.0f} (1 frame)",
                 flush=True,
             )
         for cls in chosen:
