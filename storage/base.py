@@ -22,6 +22,20 @@ Rules every backend keeps, and the shared contract suite checks:
 * **Unique keys.** While a job holding a ``unique_key`` is scheduled, ready or
   running, adding another job with that key adds nothing and returns the
   existing job's id. Finishing (done, dead, cancelled) frees the key.
+* **Lengths.** Ids, names, queues, unique keys and worker ids are at most
+  ``MAX_KEY_LENGTH`` characters; ``add`` raises ``ValueError`` beyond that (the
+  protocol refuses such submits before they get here).
+* **Unknown outcome on error.** When a call raises ``StorageError`` while
+  committing, it may or may not have been applied. ``add`` is idempotent, so a
+  resend is safe; attempts counted by a ``claim`` whose jobs were never
+  delivered come back when their leases expire.
+* **Several brokers.** ``claim`` may return fewer jobs than are ready (others
+  are locked by another broker's claim) and nothing tells one broker of jobs
+  another added: brokers that share a database also claim on a timer.
+* **Edges.** ``expired`` and ``purge`` compare strictly (``<``). A lease named
+  twice in one batch succeeds once for ``complete``, ``fail`` and ``release``.
+  ``retry`` keeps the last error; a reschedule clears it. ``get`` returns jobs
+  in the order asked.
 """
 
 from __future__ import annotations
@@ -46,6 +60,9 @@ ACTIVE_STATES = frozenset({SCHEDULED, READY, RUNNING})
 FINAL_STATES = frozenset({DONE, DEAD, CANCELLED})
 
 DEFAULT_PRIORITY = 32768
+#: The longest id, name, queue, unique key or worker id (an indexed VARCHAR in
+#: SQL must stay within MySQL's index key limit).
+MAX_KEY_LENGTH = 255
 MIN_PRIORITY = 0
 MAX_PRIORITY = 65535
 
@@ -76,6 +93,15 @@ class NewJob:
     backoff: dict[str, Any] | None = None
     timeout: float | None = None
     unique_key: str | None = None
+
+    def check(self) -> None:
+        """``ValueError`` when a key field is longer than storage keeps."""
+        for name in ("id", "name", "queue", "unique_key"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_KEY_LENGTH:
+                raise ValueError(
+                    f"job {name} longer than {MAX_KEY_LENGTH} characters: {value[:40]!r}..."
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +163,8 @@ class Completion:
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A failed attempt, with the broker's decision: run again at ``retry_at``,
-    or, when ``retry_at`` is None, end in ``final_state`` (dead or cancelled)."""
+    or, when ``retry_at`` is None, end in ``final_state``: DEAD or CANCELLED,
+    nothing else."""
 
     job_id: str
     attempt: int

@@ -87,6 +87,8 @@ class MemoryStorage(Storage):
     # -- producers -----------------------------------------------------------
 
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
+        for new in jobs:
+            new.check()
         results = []
         for new in jobs:
             if new.id in self._jobs:
@@ -274,7 +276,7 @@ class MemoryStorage(Storage):
         for job_id in job_ids:
             job = self._jobs.get(job_id)
             ok = job is not None and job.state in (SCHEDULED, READY)
-            if ok:
+            if job is not None and ok:
                 self._finish(job, CANCELLED, now)
             results.append(ok)
         return results
@@ -283,11 +285,12 @@ class MemoryStorage(Storage):
         results = []
         for job_id in job_ids:
             job = self._jobs.get(job_id)
-            ok = job is not None and job.state in (DEAD, CANCELLED)
+            if job is None or job.state not in (DEAD, CANCELLED):
+                results.append(False)
+                continue
+            ok = job.unique_key is None or job.unique_key not in self._active_keys
             if ok and job.unique_key is not None:
-                ok = job.unique_key not in self._active_keys
-                if ok:
-                    self._active_keys[job.unique_key] = job.id
+                self._active_keys[job.unique_key] = job.id
             if ok:
                 job.attempts = 0
                 job.run_at = now

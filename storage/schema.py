@@ -44,14 +44,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
-from jobsd.storage.base import SchemaError
+from jobsd.storage.base import MAX_KEY_LENGTH, SchemaError
 
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = 1
 
-#: The longest id, name, queue, unique key or worker name the SQL backends store
-#: (an indexed VARCHAR must stay within MySQL's index key limit).
-MAX_KEY_LENGTH = 255
 
 _MYSQL_TABLE: dict[str, Any] = {
     "mysql_engine": "InnoDB",

@@ -72,7 +72,6 @@ from jobsd.storage.base import (
     StorageError,
 )
 from jobsd.storage.schema import (
-    MAX_KEY_LENGTH,
     SCHEMA_VERSION,
     check_version,
     job_errors,
@@ -327,7 +326,7 @@ class SQLStorage(Storage):
         if not jobs:
             return []
         for new in jobs:
-            _check_new(new)
+            new.check()
         return self._write(lambda conn: self._add(conn, jobs, now))
 
     def _add(self, conn: Connection, batch: Sequence[NewJob], now: float) -> list[AddResult]:
@@ -790,15 +789,6 @@ def _record(row: Row[Any]) -> JobRecord:
         result=None if row.result is None else bytes(row.result),
         error=row.error,
     )
-
-
-def _check_new(new: NewJob) -> None:
-    for field in ("id", "name", "queue", "unique_key"):
-        value = getattr(new, field)
-        if value is not None and len(value) > MAX_KEY_LENGTH:
-            raise ValueError(
-                f"job {field} longer than {MAX_KEY_LENGTH} characters: {value[:40]!r}..."
-            )
 
 
 def _describe(exc: BaseException) -> str:
