@@ -75,7 +75,7 @@ class JobManager:
             run_at = sub.run_at
         else:
             run_at = now + (sub.delay or 0.0)
-        return NewJob(
+        job = NewJob(
             id=sub.id,
             name=sub.name,
             queue=sub.queue or kind.queue or DEFAULT_QUEUE,
@@ -87,6 +87,11 @@ class JobManager:
             timeout=sub.timeout if sub.timeout is not None else kind.timeout,
             unique_key=sub.unique_key,
         )
+        try:
+            job.check()
+        except ValueError as exc:  # refused here, so it cannot fail a group commit
+            raise protocol.ProtocolError(str(exc)) from None
+        return job
 
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
         return self.storage.add(jobs, now) if jobs else []
@@ -158,10 +163,22 @@ class JobManager:
 
     def lost(self, jobs: Sequence[JobRecord], reason: str, now: float) -> list[Outcome]:
         """Jobs whose worker vanished or whose lease ran out: the attempt
-        counts, as a failure the retry policy handles."""
-        fails = [protocol.Fail(job.id, job.attempts, reason, protocol.FAIL_ERROR) for job in jobs]
-        by_id = {job.id: job for job in jobs}
-        return self.fail(fails, by_id.get, now)
+        counts, and the job is ready again at once (dead when its attempts
+        are spent). The job's backoff is not applied: it paces a job's own
+        failures, and the job did not fail; its worker went away."""
+        if not jobs:
+            return []
+        decisions = [
+            Failure(job.id, job.attempts, reason, None)
+            if job.max_attempts is not None and job.attempts >= job.max_attempts
+            else Failure(job.id, job.attempts, reason, now)
+            for job in jobs
+        ]
+        accepted = self.storage.fail(decisions, now)
+        return [
+            Outcome(d.job_id, ok, ok and d.retry_at is None)
+            for d, ok in zip(decisions, accepted, strict=True)
+        ]
 
     def _count_stale(self, outcomes: Sequence[Outcome]) -> None:
         stale = sum(1 for o in outcomes if not o.accepted)
