@@ -64,6 +64,16 @@ def main(log_level: str) -> None:
 # -- the broker -----------------------------------------------------------------
 
 
+def _keep_option(state: str, days: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        f"--keep-{state}",
+        type=float,
+        default=days * 86400.0,
+        show_default=True,
+        help=f"Seconds to keep {state} jobs and their results (negative: forever).",
+    )
+
+
 @main.command()
 @click.option(
     "--bind",
@@ -100,27 +110,9 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Seconds a claimed job's lease lasts unless its worker's heartbeats extend it.",
 )
-@click.option(
-    "--keep-done",
-    type=float,
-    default=7 * 86400.0,
-    show_default=True,
-    help="Seconds to keep done jobs and their results (negative: forever).",
-)
-@click.option(
-    "--keep-dead",
-    type=float,
-    default=30 * 86400.0,
-    show_default=True,
-    help="Seconds to keep dead jobs (negative: forever).",
-)
-@click.option(
-    "--keep-cancelled",
-    type=float,
-    default=7 * 86400.0,
-    show_default=True,
-    help="Seconds to keep cancelled jobs (negative: forever).",
-)
+@_keep_option("done", days=7)
+@_keep_option("dead", days=30)
+@_keep_option("cancelled", days=7)
 @click.option(
     "--retention-interval",
     type=float,
