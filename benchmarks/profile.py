@@ -1,7 +1,8 @@
 """``--profile DIR``: py-spy on jobsd's processes while the workloads run —
-the producer (this process) during enqueue, the broker and the worker
-processes during drain — as raw collapsed stacks plus a text summary of the
-functions with the most samples (self, and including callees).
+the producer (this process) and the broker during enqueue, the broker and the worker
+processes during drain, all three during end-to-end — as raw collapsed
+stacks plus a text summary of the functions with the most samples (self, and
+including callees).
 
 A profiled run is slower than a plain one: read its profiles, not its numbers.
 """
@@ -37,12 +38,14 @@ class Profiles:
         self.summaries: list[str] = []
 
     def start(self, system: System, phase: str) -> Session | None:
+        """Profile jobsd's processes for one phase: ``client`` (this process
+        and the broker: enqueue), ``servers`` (broker and workers: drain) or
+        ``e2e`` (all three)."""
         if system.family != "jobsd":
             return None
-        if phase == "client":
-            targets = {"client": os.getpid()}
-        else:
-            targets = system.extra_pids()
+        targets = dict(system.extra_pids())
+        if phase in ("client", "e2e"):
+            targets["client"] = os.getpid()
         session = Session(f"{system.key}-{phase}", [], [])
         for role, pid in targets.items():
             out = self.directory / f"{system.key}-{phase}-{role}.txt"

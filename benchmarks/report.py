@@ -103,13 +103,12 @@ def table(records: list[Record], failures: dict[str, str]) -> str:
         rows.append(
             [name, any_record.backend, *(_cell(by_workload.get(w), best[w]) for w in WORKLOADS)]
         )
-    for name, error in failures.items():
-        rows.append([name, "FAILED", error[:60], "", "", "", ""])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"{name}  FAILED: {error}" for name, error in failures.items()]
     return "\n".join(lines)
 
 

@@ -91,9 +91,7 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
         record("enqueue_batch", len(rest), note="no batch API")
     if profiling:
         plan.profiler.stop(profiling)
-    queued = system.queued()
-    if queued is not None and queued != n:
-        raise CountError(f"{system.key}: {queued} jobs queued after enqueueing {n}")
+    _check_queued(system, n)
 
     # 2. drain: start the workers on the full queue
     launched = time.monotonic()
@@ -132,11 +130,14 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
     # 4. end-to-end: idle workers, N submitted one by one
     time.sleep(0.2)
     e2e_tag = tally.new_tag(system.key, "e2e")
+    profiling = plan.profiler.start(system, "e2e") if plan.profiler else None
     start = time.monotonic()
     for i in range(n_e2e):
         system.submit(e2e_tag, i)
     submitted = time.monotonic()
     tally.wait_count(e2e_tag, n_e2e, stall=plan.stall)
+    if profiling:
+        plan.profiler.stop(profiling)
     _, last = tally.window(e2e_tag)
     tally.verify(e2e_tag, n_e2e)
     record(
@@ -157,3 +158,16 @@ def run_system(system: System, plan: Plan, tally: Tally) -> list[Record]:
     for r in records:
         r.verified = True
     return records
+
+
+def _check_queued(system: System, n: int, timeout: float = 10.0) -> None:
+    """The queue holds all N jobs (a broker such as RabbitMQ may still be
+    routing the last publishes: give it a moment, never more than N)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = system.queued()
+        if queued is None or queued == n:
+            return
+        if queued > n or time.monotonic() > deadline:
+            raise CountError(f"{system.key}: {queued} jobs queued after enqueueing {n}")
+        time.sleep(0.05)
