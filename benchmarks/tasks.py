@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-FLUSH_DELAY = 0.001  # seconds a flush waits after the first record, to batch more
+FLUSH_DELAY = 0.005  # seconds a flush waits after the first record, to batch more
 
 
 def key(tag: str, what: str) -> str:
