@@ -146,6 +146,31 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def background_load(seconds: float = 1.0) -> float:
+    """Cores used by processes other than this one and its children: others'
+    work on the machine skews every number, so the output says how much."""
+    import psutil
+
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+
+    def snapshot() -> dict[int, float]:
+        out = {}
+        for proc in psutil.process_iter():
+            if proc.pid in ours:
+                continue
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
+    before = snapshot()
+    time.sleep(seconds)
+    after = snapshot()
+    return sum(max(0.0, after[pid] - before.get(pid, after[pid])) for pid in after) / seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classes = all_systems()
@@ -185,6 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     print(f"jobsd benchmarks: N={n}, {len(chosen)} systems, logs in {workdir}", flush=True)
+    meta["background_cores_before"] = busy = background_load()
+    if busy > 0.2:
+        print(
+            f"  WARNING: other processes use {busy:.2f} of {os.cpu_count()} cores: "
+            "numbers will be low and noisy",
+            flush=True,
+        )
     try:
         if not args.no_raw:
             count = args.raw_count or (5000 if args.quick else 20_000)
@@ -238,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         cleanup_all()
     meta["seconds"] = time.monotonic() - started
+    meta["background_cores_after"] = background_load()
     print()
     print(report.table(records, failures))
     print()
@@ -249,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{m.get('cpu', '?')}, {m['cores']} cores, Python {m['python']}, Redis "
         f"{m['redis_server']}, RabbitMQ {m['rabbitmq_server']}, PostgreSQL "
-        f"{m['postgresql_server']}; total {meta['seconds']:.0f} s"
+        f"{m['postgresql_server']}; total {meta['seconds']:.0f} s; other processes used "
+        f"{meta['background_cores_before']:.2f} cores before the run, "
+        f"{meta['background_cores_after']:.2f} after"
     )
     if plan.profiler:
         print("\nProfiles (" + str(args.profile) + "):")
