@@ -145,6 +145,19 @@ def footer(records: list[Record], raw: dict[str, dict[str, float]]) -> str:
                 for name, v in raw.items()
             )
         )
+    busy = sorted(
+        {
+            (r.system, r.extra.get("background_cores", 0.0))
+            for r in records
+            if r.extra.get("background_cores", 0.0) > 0.1
+        }
+    )
+    if busy:
+        lines.append(
+            "Other processes were busy during: "
+            + ", ".join(f"{s} ({c:.2f} cores)" for s, c in busy)
+            + " - those numbers are low"
+        )
     lines.append("Worker settings (2 processes each):")
     seen: dict[str, str] = {}
     for r in records:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import rawzmq, report
+from benchmarks.load import LoadMonitor, background_load
 from benchmarks.procs import cleanup_all, install_cleanup
 from benchmarks.systems.base import System
 from benchmarks.tally import Tally
@@ -146,31 +147,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def background_load(seconds: float = 1.0) -> float:
-    """Cores used by processes other than this one and its children: others'
-    work on the machine skews every number, so the output says how much."""
-    import psutil
-
-    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
-
-    def snapshot() -> dict[int, float]:
-        out = {}
-        for proc in psutil.process_iter():
-            if proc.pid in ours:
-                continue
-            try:
-                t = proc.cpu_times()
-                out[proc.pid] = t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return out
-
-    before = snapshot()
-    time.sleep(seconds)
-    after = snapshot()
-    return sum(max(0.0, after[pid] - before.get(pid, after[pid])) for pid in after) / seconds
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classes = all_systems()
@@ -217,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             "numbers will be low and noisy",
             flush=True,
         )
+    monitor = LoadMonitor()
     try:
         if not args.no_raw:
             count = args.raw_count or (5000 if args.quick else 20_000)
@@ -232,8 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         for cls in chosen:
             system = cls(workdir)
             t0 = time.monotonic()
+            monitor.mark()
             try:
                 got = run_system(system, plan, tally)
+                bg_mean, bg_peak = monitor.mark()
+                for r in got:
+                    r.extra["background_cores"] = round(bg_mean, 2)
+                    r.extra["background_cores_peak"] = round(bg_peak, 2)
                 records += got
                 summary = ", ".join(
                     f"{r.workload} {r.jobs_per_s:.0f}/s"
@@ -243,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                     else f"{r.workload} n/a"
                     for r in got
                 )
-                print(f"  {cls.key}: {summary} [{time.monotonic() - t0:.0f} s]", flush=True)
+                busy = f"; OTHER PROCESSES USED {bg_mean:.2f} CORES" if bg_mean > 0.1 else ""
+                print(f"  {cls.key}: {summary} [{time.monotonic() - t0:.0f} s{busy}]", flush=True)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - one system failing must not stop the rest
@@ -268,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     finally:
+        monitor.close()
         cleanup_all()
     meta["seconds"] = time.monotonic() - started
     meta["background_cores_after"] = background_load()
