@@ -841,7 +841,26 @@ def _make_engine(url: URL, connect_timeout: float) -> Engine:
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         _tune_sqlite(engine, in_memory=url.database in (None, "", ":memory:"))
+    elif backend == "postgresql":
+        _plan_per_call(engine)
     return engine
+
+
+def _plan_per_call(engine: Engine) -> None:
+    """Plan every statement for its own parameters on PostgreSQL.
+
+    psycopg prepares statements it sees often, and PostgreSQL may then keep a
+    generic plan made while the table was still empty: the id check of ``add``
+    (``id = ANY(array)``) became a sequential scan, 0.9 s per batch at 30k rows,
+    where the index answers in 0.2 ms. Custom plans cost a little planning per
+    call and keep every lookup on its index as the table grows.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
 
 
 def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
