@@ -1,0 +1,57 @@
+"""Faults for real: kill -9, SIGSTOP and SIGTERM on broker and worker processes.
+
+Heartbeats are short (0.2 s) so that "a few heartbeat intervals" is quick.
+Every wait is on an event (a log line, a job's start line, a result, a process
+exit) with a timeout; jobs are steered by gate files (``apps.faults``), so the
+test decides when each attempt ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tests.apps.faults import gate
+from tests.conftest import Cluster, Process
+
+APP = "apps.faults:jobs"
+HB = 0.2  # heartbeat interval of broker and workers in these tests
+LIVENESS = 3  # the default: a peer is lost after HB * LIVENESS of silence
+
+
+def open_gate(gates: Path, job_id: str, attempt: int) -> None:
+    gate(gates, job_id, attempt).touch()
+
+
+def started(worker: Process, job_id: str, attempt: int, timeout: float = 15.0) -> float:
+    """Await the worker's line saying it started this attempt; its start time."""
+    line = worker.wait_for(rf"job-started {job_id} attempt={attempt} pid=\d+ at=(\S+)", timeout)
+    return float(line.group(1))
+
+
+def lost_line(worker: Process, jobs: int) -> str:
+    """The broker's log line when it declares ``worker`` lost."""
+    return rf"worker lost: no heartbeat: \S+:{worker.pid}:\w+, {jobs} job\(s\) go back"
+
+
+def test_worker_kill_9_mid_job_runs_it_again_elsewhere_within_3_heartbeats_and_1_s(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    broker, endpoint = cluster.broker("memory://", "--heartbeat", str(HB))
+    first = cluster.worker(endpoint, APP, "-c", "1", "--heartbeat", str(HB))
+    client = cluster.client(endpoint)
+    job_id = client.submit("hold", str(tmp_path))
+    started(first, job_id, 1)
+    second = cluster.worker(endpoint, APP, "-c", "1", "--heartbeat", str(HB))
+
+    killed_at = time.time()
+    first.signal(signal.SIGKILL)
+    again = started(second, job_id, 2)
+    delay = again - killed_at
+    print(f"\nrequeue delay after kill -9: {delay:.3f} s (bound {LIVENESS * HB + 1.0:.1f} s)")
+    assert delay < LIVENESS * HB + 1.0
+    broker.wait_for(lost_line(first, 1))
+
+    open_gate(tmp_path, job_id, 2)
+    assert client.result(job_id, timeout=10) == {"pid": second.pid, "attempt": 2}
