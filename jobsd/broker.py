@@ -274,11 +274,13 @@ class Broker:
         outcomes: list[Outcome] = []
         outcomes += self.manager.complete(turn.acks, now)
         outcomes += self.manager.fail(turn.fails, self._running_record, now)
+        reported = [(r.job_id, r.attempt) for r in (*turn.acks, *turn.fails)]
         if turn.releases:
             self.storage.release(turn.releases, now)
-            self.maybe_ready.update(self._forget(lease.job_id) for lease in turn.releases)
-        for outcome in outcomes:
-            queue = self._forget(outcome.job_id)
+            for lease in turn.releases:
+                self.maybe_ready.add(self._forget(lease.job_id, lease.attempt))
+        for outcome, (job_id, attempt) in zip(outcomes, reported, strict=True):
+            queue = self._forget(job_id, attempt)
             if outcome.accepted and not outcome.final:
                 self.maybe_ready.add(queue)
         if any(o.accepted and not o.final for o in outcomes):
@@ -389,12 +391,20 @@ class Broker:
         owner = self.job_owner.get(job_id)
         return owner.inflight.get(job_id) if owner else None
 
-    def _forget(self, job_id: str) -> str:
-        """Drop a job from its worker's in-flight set; return its queue."""
-        owner = self.job_owner.pop(job_id, None)
+    def _forget(self, job_id: str, attempt: int) -> str:
+        """A worker reported ``attempt`` of a job: drop the job from its
+        owner's in-flight set and return its queue, if that is the attempt the
+        owner runs. A stale report (the job was taken from a lost worker and
+        runs elsewhere under a newer attempt) changes nothing: the job's new
+        owner keeps it, and its lease."""
+        owner = self.job_owner.get(job_id)
         if owner is None:
             return ""
-        record = owner.inflight.pop(job_id, None)
+        record = owner.inflight.get(job_id)
+        if record is not None and record.attempts != attempt:
+            return ""
+        del self.job_owner[job_id]
+        owner.inflight.pop(job_id, None)
         if owner.draining and not owner.inflight:
             self.workers.pop(owner.peer, None)
         return record.queue if record else ""
@@ -693,7 +703,8 @@ class Broker:
     def _drop_worker(self, session: WorkerSession) -> None:
         self.workers.pop(session.peer, None)
         for job_id in session.inflight:
-            self.job_owner.pop(job_id, None)
+            if self.job_owner.get(job_id) is session:
+                del self.job_owner[job_id]
         session.inflight.clear()
 
     def _requeue_lost(self, jobs: list[JobRecord], reason: str, now: float) -> None:

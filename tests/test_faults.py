@@ -11,7 +11,9 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+from jobsd import Client
 from tests.apps.faults import gate
 from tests.conftest import Cluster, Process
 
@@ -28,6 +30,11 @@ def started(worker: Process, job_id: str, attempt: int, timeout: float = 15.0) -
     """Await the worker's line saying it started this attempt; its start time."""
     line = worker.wait_for(rf"job-started {job_id} attempt={attempt} pid=\d+ at=(\S+)", timeout)
     return float(line.group(1))
+
+
+def worker_stats(client: Client, pid: int) -> dict[str, Any]:
+    [found] = [w for w in client.stats()["workers"] if w["pid"] == pid]
+    return found
 
 
 def lost_line(worker: Process, jobs: int) -> str:
@@ -55,3 +62,45 @@ def test_worker_kill_9_mid_job_runs_it_again_elsewhere_within_3_heartbeats_and_1
 
     open_gate(tmp_path, job_id, 2)
     assert client.result(job_id, timeout=10) == {"pid": second.pid, "attempt": 2}
+
+
+def test_worker_paused_past_its_liveness_loses_the_job_and_its_late_ack_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lease = 1.0
+    broker, endpoint = cluster.broker("memory://", "--heartbeat", str(HB), "--lease", str(lease))
+    first = cluster.worker(endpoint, APP, "-c", "1", "--heartbeat", str(HB))
+    client = cluster.client(endpoint)
+    job_id = client.submit("hold", str(tmp_path))
+    started(first, job_id, 1)
+
+    paused_at = time.monotonic()
+    first.signal(signal.SIGSTOP)
+    try:
+        second = cluster.worker(endpoint, APP, "-c", "1", "--heartbeat", str(HB))
+        broker.wait_for(lost_line(first, 1))
+        started(second, job_id, 2)
+    finally:
+        first.signal(signal.SIGCONT)
+    print(f"\nworker paused for {time.monotonic() - paused_at:.2f} s")
+
+    # The paused worker wakes up and rejoins by itself; then it finishes its
+    # (old) attempt and reports it: the broker refuses the report, the job
+    # stays with the second worker. (Rejoined first, the worker sends the
+    # report once: one sent before and again after registering would count
+    # twice.)
+    first.wait_for("registered with the broker", count=2)
+    open_gate(tmp_path, job_id, 1)
+    first.wait_for(rf"job-finished {job_id} attempt=1 ")
+    broker.wait_for(r"ignored 1 stale report")
+    assert worker_stats(client, second.pid)["running"] == 1
+    # Longer than the lease: the second worker's lease is kept alive, the job
+    # is not taken from it.
+    status = client.wait(job_id, timeout=3 * lease)
+    assert (status.state, status.attempts) == ("running", 2)
+
+    open_gate(tmp_path, job_id, 2)
+    assert client.result(job_id, timeout=10) == {"pid": second.pid, "attempt": 2}
+    assert client.stats()["stale_reports"] == 1
+    status = client.status(job_id)
+    assert status is not None and status.attempts == 2
