@@ -104,3 +104,31 @@ def test_worker_paused_past_its_liveness_loses_the_job_and_its_late_ack_is_refus
     assert client.stats()["stale_reports"] == 1
     status = client.status(job_id)
     assert status is not None and status.attempts == 2
+
+
+def test_a_worker_given_back_the_job_it_still_runs_finishes_it_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The only worker is paused past its liveness: the broker takes its job
+    back (attempt 1 counted) and, when the worker rejoins, gives it the job
+    again as attempt 2. The run in progress takes attempt 2 over: the job runs
+    once, its report is accepted, and it does not hang as running."""
+    broker, endpoint = cluster.broker("memory://", "--heartbeat", str(HB))
+    worker = cluster.worker(endpoint, APP, "-c", "1", "--heartbeat", str(HB))
+    client = cluster.client(endpoint)
+    job_id = client.submit("hold", str(tmp_path))
+    started(worker, job_id, 1)
+    worker.signal(signal.SIGSTOP)
+    try:
+        broker.wait_for(lost_line(worker, 1))
+    finally:
+        worker.signal(signal.SIGCONT)
+    worker.wait_for("registered with the broker", count=2)
+    worker.wait_for(rf"job {job_id} is ours again as attempt 2")
+
+    open_gate(tmp_path, job_id, 1)
+    assert client.result(job_id, timeout=10) == {"pid": worker.pid, "attempt": 1}
+    status = client.status(job_id)
+    assert status is not None and (status.state, status.attempts) == ("done", 2)
+    assert client.stats()["stale_reports"] == 0
+    assert worker.output().count(f"job-started {job_id}") == 1

@@ -9,6 +9,7 @@ never starves the heartbeats.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -203,8 +204,21 @@ class Worker:
 
     def _start(self, job: protocol.Dispatch) -> None:
         assert self._executor is not None
-        if job.id in self.running:
-            return  # the broker re-sent a job this worker already runs
+        current = self.running.get(job.id)
+        if current is not None:
+            # A job this worker runs already. Under a newer attempt, the broker
+            # took it from us (it believed this worker lost, or restarted and
+            # saw the lease expire) and gave it back: the run in progress now
+            # answers for the new attempt. Ignored, the new attempt would
+            # never end, and the old one's report would be refused as stale.
+            if job.attempt > current.job.attempt:
+                log.info(
+                    "job %s is ours again as attempt %d: the run in progress takes it over",
+                    job.id,
+                    job.attempt,
+                )
+                current.job = job
+            return
         running = Running(
             job, JobContext(job.id, job.name, job.queue, job.attempt, self._executor.state)
         )
@@ -225,6 +239,8 @@ class Worker:
             if self.running.get(running.job.id) is not running or running.abandoned:
                 continue  # reported already (timed out): the late outcome is ignored
             del self.running[running.job.id]
+            if report.attempt != running.job.attempt:  # the run took a newer attempt over
+                report = dataclasses.replace(report, attempt=running.job.attempt)
             if isinstance(report, protocol.Ack):
                 acks.append(report.to_wire())
             else:
