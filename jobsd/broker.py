@@ -111,6 +111,7 @@ class Broker:
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = itertools.count()
         self._pending_reports = Turn()
+        self._last_heartbeat: float | None = None
         self._handlers: dict[bytes, Callable[[bytes, Any, Turn], None]] = {
             protocol.SUBMIT: self._on_submit,
             protocol.HELLO: self._on_hello,
@@ -340,6 +341,11 @@ class Broker:
         current = self.storage.extend_leases(leases, now + self.config.lease)
         records = self.storage.get([lease.job_id for lease, ok in zip(leases, current) if ok])
         for record in records.values():
+            previous = self.job_owner.get(record.id)
+            if previous is not None and previous is not session:
+                # The worker's old connection, not yet declared lost: losing
+                # it later must not take this job back.
+                previous.inflight.pop(record.id, None)
             session.inflight[record.id] = record
             self.job_owner[record.id] = session
 
@@ -640,8 +646,19 @@ class Broker:
             log.error("storage failed in a timer, will retry: %s", exc)
 
     def _timer_heartbeat(self, now: float) -> None:
-        self._schedule("heartbeat", now + self.config.heartbeat)
-        limit = now - self.config.heartbeat * self.config.liveness
+        interval = self.config.heartbeat
+        self._schedule("heartbeat", now + interval)
+        last, self._last_heartbeat = self._last_heartbeat, now
+        if last is not None and now - last > 2 * interval:
+            # This loop did not run for a while (the process was stopped, the
+            # machine paused, storage hung): the workers' heartbeats may wait
+            # unread in the socket. Judge no one on that: every worker gets a
+            # fresh liveness period (and a reconnected one the time to say
+            # HELLO and take its running jobs over).
+            log.warning("broker loop stalled for %.1f s: workers get a fresh liveness", now - last)
+            for session in self.workers.values():
+                session.last_seen = max(session.last_seen, now)
+        limit = now - interval * self.config.liveness
         for session in list(self.workers.values()):
             if session.last_seen < limit:
                 self._lose_worker(session, "worker lost: no heartbeat")

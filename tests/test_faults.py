@@ -8,12 +8,15 @@ test decides when each attempt ends.
 
 from __future__ import annotations
 
+import collections
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from jobsd import Client
+import pytest
+
+from jobsd import Client, JobRequest
 from tests.apps.faults import gate
 from tests.conftest import Cluster, Process
 
@@ -132,3 +135,76 @@ def test_a_worker_given_back_the_job_it_still_runs_finishes_it_once(
     assert status is not None and (status.state, status.attempts) == ("done", 2)
     assert client.stats()["stale_reports"] == 0
     assert worker.output().count(f"job-started {job_id}") == 1
+
+
+def runs(path: Path) -> collections.Counter[str]:
+    if not path.exists():
+        return collections.Counter()
+    return collections.Counter(line.split()[0] for line in path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("fault", ["sigstop", "kill-9"])
+def test_workers_rejoin_a_paused_or_restarted_broker_by_themselves(
+    cluster: Cluster, tmp_path: Path, fault: str
+) -> None:
+    """Two workers run four gated jobs (every slot) while twenty short jobs
+    wait. The broker is paused longer than the workers' liveness (they give
+    up on it and reconnect) or killed and restarted on the same database and
+    endpoint. Two gated jobs end while it is away, two after. All jobs finish;
+    the gated ones on their first attempt, on the worker that started them
+    (the workers' HELLO hands their running jobs over, the reports they could
+    not deliver are sent again), and none runs twice."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    runs_file = tmp_path / "runs"
+    broker_args = ("--heartbeat", str(HB))
+    broker, endpoint = cluster.broker(url, *broker_args)
+    env = {"JOBSD_TEST_RUNS": str(runs_file)}
+    workers = [
+        cluster.worker(endpoint, APP, "-c", "2", "--heartbeat", str(HB), env=env) for _ in range(2)
+    ]
+    client = cluster.client(endpoint)
+    held = [s.id for s in client.submit_many([JobRequest("hold", (str(gates),))] * 4)]
+    records = [s.id for s in client.submit_many([JobRequest("record", (0.01,))] * 20)]
+    owner: dict[str, Process] = {}  # the four gated jobs fill both workers' slots
+    for worker in workers:
+        for n in (1, 2):
+            owner[worker.wait_for(r"job-started (\S+) attempt=1 ", count=n).group(1)] = worker
+    assert sorted(owner) == sorted(held)
+
+    away_at = time.monotonic()
+    if fault == "sigstop":
+        broker.signal(signal.SIGSTOP)
+    else:
+        broker.kill()
+    try:
+        for job_id in held[:2]:
+            open_gate(gates, job_id, 1)
+            owner[job_id].wait_for(rf"job-finished {job_id} attempt=1 ")
+        for worker in workers:  # each gave up on the broker twice (backing off)
+            worker.wait_for(r"broker silent for .* reconnecting", count=2)
+    finally:
+        if fault == "sigstop":
+            broker.signal(signal.SIGCONT)
+    if fault == "kill-9":
+        broker, _ = cluster.broker(url, *broker_args, endpoint=endpoint)
+    away = time.monotonic() - away_at
+    for worker in workers:
+        worker.wait_for("registered with the broker", count=2, timeout=30)
+    rejoined = time.monotonic() - away_at
+
+    for job_id in held[2:]:
+        open_gate(gates, job_id, 1)
+    for job_id in held:
+        assert client.result(job_id, timeout=30) == {"pid": owner[job_id].pid, "attempt": 1}
+    for job_id in records:
+        assert client.wait(job_id, timeout=30).state == "done"
+    ran = runs(runs_file)
+    assert set(ran) == set(records)
+    duplicates = sum(n - 1 for n in ran.values())
+    print(
+        f"\nbroker {fault}: away {away:.2f} s, both workers registered again "
+        f"{rejoined:.2f} s after the fault; {duplicates} duplicate execution(s)"
+    )
+    assert duplicates == 0  # none of them was running at the fault
