@@ -64,13 +64,13 @@ class Wakeup:
     """A pipe the I/O thread polls: any thread may poke it."""
 
     def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
+        self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
-        os.set_blocking(self._write_fd, False)
+        os.set_blocking(self.write_fd, False)
 
     def poke(self) -> None:
         try:
-            os.write(self._write_fd, b"\0")
+            os.write(self.write_fd, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: a wakeup is already pending
 
@@ -83,7 +83,7 @@ class Wakeup:
 
     def close(self) -> None:
         os.close(self.read_fd)
-        os.close(self._write_fd)
+        os.close(self.write_fd)
 
 
 class Executor:

@@ -13,6 +13,8 @@ import dataclasses
 import itertools
 import logging
 import os
+import select
+import signal
 import socket as pysocket
 import time
 import uuid
@@ -73,10 +75,12 @@ class Worker:
             if hasattr(state, "__enter__") and hasattr(state, "__exit__"):
                 state = stack.enter_context(state)
             self._executor = Executor(self.registry, state, self.config.concurrency)
+            unwake = _wake_on_signals(self._executor.wakeup.write_fd)
             try:
                 self._serve()
             finally:
                 self._executor.close()
+                unwake()
                 self._executor.wakeup.close()
                 if self._socket is not None:
                     # Let the last reports (acks, hand-backs) reach the broker.
@@ -107,15 +111,26 @@ class Worker:
             if now - self._last_heard > self.config.heartbeat * self.config.liveness:
                 log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
                 poller.unregister(sock)
-                time.sleep(min(self._reconnect_delay, self.config.reconnect_max))
+                self._pause(min(self._reconnect_delay, self.config.reconnect_max))
                 self._reconnect_delay = min(self._reconnect_delay * 2, self.config.reconnect_max)
                 self._connect()
                 sock = self._register(poller)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before reconnecting; a stop signal ends the wait at once."""
+        assert self._executor is not None
+        wakeup = self._executor.wakeup
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            select.select([wakeup.read_fd], [], [], left)
+            wakeup.drain()
 
     def _register(self, poller: zmq.Poller) -> zmq.Socket[Any]:
         assert self._socket is not None
         poller.register(self._socket, zmq.POLLIN)
         self._hello()
+        if self._stop_deadline is not None:
+            self._send(protocol.BYE, {})  # a new connection while stopping: no work, please
         return self._socket
 
     def _poll_timeout_ms(self) -> int:
@@ -181,8 +196,12 @@ class Worker:
 
     def _on_message(self, command: bytes, body: Any) -> None:
         if command == protocol.JOB:
-            for job in protocol.decode_jobs(body):
-                self._start(job)
+            jobs = protocol.decode_jobs(body)
+            if self._stop_requested:
+                self._hand_back(jobs)
+            else:
+                for job in jobs:
+                    self._start(job)
         elif command == protocol.CONFIRM:
             self._unconfirmed.pop(protocol.report_seq(body) or 0, None)
         elif command == protocol.WELCOME:
@@ -267,14 +286,29 @@ class Worker:
 
     # -- stopping ----------------------------------------------------------------------
 
-    def _stopping_done(self) -> bool:
-        """Drive a graceful stop; True when the worker may exit."""
-        now = time.monotonic()
+    def _begin_stop(self) -> None:
+        """Say BYE (once): the broker sends no more work."""
         if self._stop_deadline is None:
             log.info("stopping: %d job(s) running, grace %.0f s", len(self.running),
                      self.config.grace)
-            self._stop_deadline = now + self.config.grace
+            self._stop_deadline = time.monotonic() + self.config.grace
             self._send(protocol.BYE, {})
+
+    def _hand_back(self, jobs: list[protocol.Dispatch]) -> None:
+        """Jobs that arrive once the worker is stopping (sent before the broker
+        had its BYE) are not started: they go back at once, their attempt not
+        counted. BYE goes first, so the broker does not send them again."""
+        self._begin_stop()
+        leases = [[job.id, job.attempt] for job in jobs if job.id not in self.running]
+        if leases:
+            log.info("handing back %d job(s) not started", len(leases))
+            self._report(protocol.RELEASE, {"jobs": leases})
+
+    def _stopping_done(self) -> bool:
+        """Drive a graceful stop; True when the worker may exit."""
+        now = time.monotonic()
+        self._begin_stop()
+        assert self._stop_deadline is not None  # set by _begin_stop
         if not self.running and not self._unconfirmed:
             return True
         if self._stop_requested > 1 or now >= self._stop_deadline:
@@ -286,3 +320,17 @@ class Worker:
                 log.warning("%d report(s) not confirmed by the broker", len(self._unconfirmed))
             return True
         return False
+
+
+def _wake_on_signals(fd: int) -> Any:
+    """Have a signal wake the I/O thread at once, in its poll or in its wait
+    before reconnecting. Python runs a handler on the main thread only, once
+    the main thread runs Python code, and retries an interrupted wait without
+    telling the caller: without this, a stop signal took effect only when the
+    wait ended (a heartbeat, or up to ``reconnect_max`` seconds). Returns
+    what undoes it; a no-op off the main thread."""
+    try:
+        previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: whoever runs us handles signals
+        return lambda: None
+    return lambda: signal.set_wakeup_fd(previous)
