@@ -305,6 +305,7 @@ class Broker:
 
     def _on_hello(self, peer: bytes, body: Any, turn: Turn) -> None:
         hello = protocol.Hello.from_wire(body)
+        self.cron.add(hello.schedules, self.clock())  # may refuse the HELLO: before anything
         old = self.workers.get(peer)
         if old is not None:
             self._lose_worker(old, "worker said HELLO again")
@@ -319,7 +320,6 @@ class Broker:
         )
         self.workers[peer] = session
         self.manager.learn_job_types(hello.job_types)
-        self.cron.add(hello.schedules, self.clock())
         self.maybe_ready.update(session.queues)
         if hello.running:
             self._adopt(session, hello.running)

@@ -11,10 +11,13 @@ one); the next fire after start runs as usual.
 from __future__ import annotations
 
 import hashlib
+import logging
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from jobsd import protocol
+
+log = logging.getLogger("jobsd.cron")
 
 
 class CronTable:
@@ -28,8 +31,10 @@ class CronTable:
         return digest[:20]
 
     def add(self, schedules: list[protocol.Schedule], now: float) -> None:
-        """Adopt schedules (known ones are kept as they are).
-        ``ProtocolError`` for an invalid cron expression."""
+        """Adopt schedules (known ones are kept as they are). ``ProtocolError``
+        for an invalid cron expression (then none is adopted). A valid one
+        that never fires after ``now`` (February 30th, a year gone by) is
+        kept, without a next fire."""
         for schedule in schedules:
             if not croniter.is_valid(schedule.cron):
                 raise protocol.ProtocolError(f"invalid cron expression {schedule.cron!r}")
@@ -37,7 +42,11 @@ class CronTable:
             key = self.key(schedule)
             if key not in self._schedules:
                 self._schedules[key] = schedule
-                self._next[key] = croniter(schedule.cron, now).get_next(float)
+                at = _following(croniter(schedule.cron, now))
+                if at is None:
+                    log.warning("cron: %r (%s) never fires after now", schedule.cron, schedule.name)
+                else:
+                    self._next[key] = at
 
     def next_fire(self) -> float | None:
         return min(self._next.values(), default=None)
@@ -46,15 +55,19 @@ class CronTable:
         """The fires due by ``now``, as submissions (one per schedule: a broker
         that slept through several fires runs the latest once)."""
         fires = []
-        for key, at in self._next.items():
+        for key, at in list(self._next.items()):
             if at > now:
                 continue
             schedule = self._schedules[key]
             times = croniter(schedule.cron, at)
             latest = at
-            while (following := times.get_next(float)) <= now:
+            while (following := _following(times)) is not None and following <= now:
                 latest = following
-            self._next[key] = following
+            if following is None:
+                log.info("cron: %r (%s) fires for the last time", schedule.cron, schedule.name)
+                del self._next[key]
+            else:
+                self._next[key] = following
             fires.append(
                 protocol.JobSubmission(
                     id=f"cron-{key}-{int(latest)}",
@@ -65,3 +78,12 @@ class CronTable:
                 )
             )
         return fires
+
+
+def _following(times: croniter) -> float | None:
+    """The next time of a cron iterator; None when there is none (croniter
+    gives up after years without a match)."""
+    try:
+        return float(times.get_next(float))
+    except CroniterError:
+        return None
