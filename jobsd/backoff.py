@@ -84,7 +84,7 @@ class Backoff:
     def from_wire(cls, body: Any) -> Backoff:
         """Read a policy map; ``ProtocolError`` when it is not a valid one."""
         f = Fields(body, "backoff")
-        kind = f.str("kind", required=False) or EXPONENTIAL
+        kind = f.text("kind", required=False) or EXPONENTIAL
         if kind not in KINDS:
             raise ProtocolError(f"backoff: kind must be one of {', '.join(KINDS)}")
         delay = f.number("delay", required=False)
@@ -95,7 +95,7 @@ class Backoff:
             delay=1.0 if delay is None else delay,
             factor=2.0 if factor is None else max(factor, 1.0),
             max_delay=3600.0 if max_delay is None else max_delay,
-            jitter=f.bool("jitter") if "jitter" in body else kind == EXPONENTIAL,
+            jitter=f.flag("jitter") if "jitter" in body else kind == EXPONENTIAL,
         )
 
 

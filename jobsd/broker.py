@@ -214,7 +214,9 @@ class Broker:
             self._send(peer, protocol.ERROR, protocol.error_body("storage_error", str(exc)))
         except Exception:  # a bug must cost one message, not the daemon
             log.exception("failed to handle a message from peer %s", peer.hex())
-            self._send(peer, protocol.ERROR, protocol.error_body("internal_error", "see broker log"))
+            self._send(
+                peer, protocol.ERROR, protocol.error_body("internal_error", "see broker log")
+            )
 
     def _commit(self, turn: Turn) -> None:
         now = self.clock()
@@ -275,7 +277,8 @@ class Broker:
         outcomes: list[Outcome] = []
         outcomes += self.manager.complete(turn.acks, now)
         outcomes += self.manager.fail(turn.fails, self._running_record, now)
-        reported = [(r.job_id, r.attempt) for r in (*turn.acks, *turn.fails)]
+        reported = [(a.job_id, a.attempt) for a in turn.acks]
+        reported += [(f.job_id, f.attempt) for f in turn.fails]
         if turn.releases:
             self.storage.release(turn.releases, now)
             for lease in turn.releases:
@@ -325,7 +328,11 @@ class Broker:
             self._adopt(session, hello.running)
         log.info(
             "worker %s (pid %s on %s) joined: queues %s, capacity %d",
-            hello.worker, hello.pid, hello.host or "?", ",".join(hello.queues), hello.capacity,
+            hello.worker,
+            hello.pid,
+            hello.host or "?",
+            ",".join(hello.queues),
+            hello.capacity,
         )
         self._send(
             peer,
@@ -339,7 +346,9 @@ class Broker:
         now = self.clock()
         leases = [Lease(job_id, attempt) for job_id, attempt in running]
         current = self.storage.extend_leases(leases, now + self.config.lease)
-        records = self.storage.get([lease.job_id for lease, ok in zip(leases, current) if ok])
+        records = self.storage.get(
+            [lease.job_id for lease, ok in zip(leases, current, strict=False) if ok]
+        )
         for record in records.values():
             previous = self.job_owner.get(record.id)
             if previous is not None and previous is not session:
@@ -475,10 +484,10 @@ class Broker:
 
     def _get(self, body: Any, now: float) -> Any:
         f = protocol.Fields(body, "GET")
-        ids = f.str_list("ids")
+        ids = f.names("ids")
         jobs = self.storage.get(ids)
         views = {job_id: job_view(job) for job_id, job in jobs.items()}
-        if f.bool("errors"):
+        if f.flag("errors"):
             for job_id, view in views.items():
                 view["errors"] = [
                     {"attempt": e.attempt, "at": e.at, "error": e.error}
@@ -488,7 +497,7 @@ class Broker:
 
     def _wait(self, peer: bytes, body: Any, now: float) -> None:
         f = protocol.Fields(body, "WAIT")
-        job_id = f.str("id")
+        job_id = f.text("id")
         timeout = min(f.number("timeout"), 24 * 3600.0)
         job = self.storage.get([job_id]).get(job_id)
         if job is None:
@@ -508,14 +517,14 @@ class Broker:
 
     def _list(self, body: Any, now: float) -> Any:
         f = protocol.Fields(body, "LIST")
-        state = f.str("state", required=False)
+        state = f.text("state", required=False)
         if state is not None and state not in STATES:
             raise protocol.ProtocolError(f"LIST: state must be one of {', '.join(STATES)}")
         jobs = self.storage.list_jobs(
-            queue=f.str("queue", required=False),
+            queue=f.text("queue", required=False),
             state=state,
-            limit=f.int("limit", required=False, low=1, high=10_000) or 100,
-            before_seq=f.int("before_seq", required=False),
+            limit=f.integer("limit", required=False, low=1, high=10_000) or 100,
+            before_seq=f.integer("before_seq", required=False),
         )
         return {"jobs": [job_view(job) for job in jobs]}
 
@@ -545,22 +554,22 @@ class Broker:
         }
 
     def _cancel(self, body: Any, now: float) -> Any:
-        ids = protocol.Fields(body, "CANCEL").str_list("ids")
+        ids = protocol.Fields(body, "CANCEL").names("ids")
         cancelled = self.storage.cancel(ids, now)
         requested = []
-        for job_id, ok in zip(ids, cancelled):
+        for job_id, ok in zip(ids, cancelled, strict=False):
             owner = self.job_owner.get(job_id)
             if not ok and owner is not None:
                 self._send(owner.peer, protocol.CANCEL, {"ids": [job_id]})
                 requested.append(job_id)
-        self._answer_waiters([job_id for job_id, ok in zip(ids, cancelled) if ok])
+        self._answer_waiters([job_id for job_id, ok in zip(ids, cancelled, strict=False) if ok])
         return {"cancelled": cancelled, "requested": [job_id in requested for job_id in ids]}
 
     def _retry(self, body: Any, now: float) -> Any:
         f = protocol.Fields(body, "RETRY")
-        ids = f.str_list("ids", required=False)
-        if f.bool("all_dead"):
-            ids = ids + self._all_ids(f.str("queue", required=False))
+        ids = f.names("ids", required=False)
+        if f.flag("all_dead"):
+            ids = ids + self._all_ids(f.text("queue", required=False))
         retried = self.storage.retry(ids, now)
         self.maybe_ready.update(self._known_queues())
         return {"ids": ids, "retried": retried}
@@ -576,23 +585,23 @@ class Broker:
             before = page[-1].seq
 
     def _delete(self, body: Any, now: float) -> Any:
-        ids = protocol.Fields(body, "DELETE").str_list("ids")
+        ids = protocol.Fields(body, "DELETE").names("ids")
         return {"deleted": self.storage.delete(ids)}
 
     def _pause(self, body: Any, now: float) -> Any:
-        queue = protocol.Fields(body, "PAUSE").str("queue")
+        queue = protocol.Fields(body, "PAUSE").text("queue")
         self.storage.set_paused(queue, True)
         return {"queue": queue, "paused": True}
 
     def _resume(self, body: Any, now: float) -> Any:
-        queue = protocol.Fields(body, "RESUME").str("queue")
+        queue = protocol.Fields(body, "RESUME").text("queue")
         self.storage.set_paused(queue, False)
         self.maybe_ready.add(queue)
         return {"queue": queue, "paused": False}
 
     def _purge(self, body: Any, now: float) -> Any:
         f = protocol.Fields(body, "PURGE")
-        states = f.str_list("states", required=False) or sorted(FINAL_STATES)
+        states = f.names("states", required=False) or sorted(FINAL_STATES)
         if not set(states) <= FINAL_STATES:
             raise protocol.ProtocolError(f"PURGE: states must be among {sorted(FINAL_STATES)}")
         older_than = f.number("older_than", required=False) or 0.0
@@ -668,7 +677,7 @@ class Broker:
     def _enqueue_fires(self, fires: list[protocol.JobSubmission], now: float) -> None:
         jobs = [self.manager.new_job(fire, now) for fire in fires]
         added = self.manager.add(jobs, now)
-        for job, result in zip(jobs, added):
+        for job, result in zip(jobs, added, strict=False):
             done = "enqueued" if result.created else "was already enqueued"
             log.info("cron: %s %s as %s", job.name, done, job.id)
             self.maybe_ready.add(job.queue)
@@ -684,7 +693,9 @@ class Broker:
             if keep is not None:
                 purged = self.storage.purge([state], now - keep)
                 if purged:
-                    log.info("retention: purged %d %s job(s) older than %.0f s", purged, state, keep)
+                    log.info(
+                        "retention: purged %d %s job(s) older than %.0f s", purged, state, keep
+                    )
 
     def _timer_poll(self, now: float) -> None:
         """Catch what other brokers on a shared database did: new ready jobs,

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import zmq
 
@@ -24,7 +24,7 @@ from jobsd.workers.registry import JobDefinition, JobRequest
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7465"
 
-JobRef = str | JobDefinition[Any, Any]
+JobRef: TypeAlias = str | JobDefinition[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,9 @@ class Client:
         for start in range(0, len(jobs), protocol.MAX_BATCH):
             chunk = jobs[start : start + protocol.MAX_BATCH]
             reply = self._request(protocol.SUBMIT, {"jobs": [j.to_wire() for j in chunk]})
-            results += [Submitted(i, c) for i, c in zip(reply["ids"], reply["created"])]
+            results += [
+                Submitted(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True)
+            ]
         return results
 
     # -- asking ------------------------------------------------------------------------
@@ -158,9 +160,7 @@ class Client:
     def wait(self, job_id: str, timeout: float) -> JobStatus:
         """Block until the job is finished or ``timeout`` seconds pass (the
         broker holds the request; nothing polls); return its status then."""
-        reply = self._request(
-            protocol.WAIT, {"id": job_id, "timeout": timeout}, wait=timeout
-        )
+        reply = self._request(protocol.WAIT, {"id": job_id, "timeout": timeout}, wait=timeout)
         if reply["job"] is None:
             raise JobNotFound(job_id)
         return JobStatus.from_view(reply["job"])
@@ -324,4 +324,3 @@ def _to_submission(r: JobRequest) -> protocol.JobSubmission:
         timeout=r.timeout,
         unique_key=r.unique_key,
     )
-

@@ -87,7 +87,9 @@ def unpack(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
     except ProtocolError:
         raise
-    except Exception as exc:  # msgpack raises several types for bad input
+    # msgpack signals bad input with ValueError subclasses (ExtraData,
+    # FormatError, StackError, limits, bad UTF-8) and TypeError (unhashable keys).
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"body is not valid msgpack: {exc}") from None
 
 
@@ -139,7 +141,7 @@ class Fields:
             f"{self._what}: field '{key}' must be {expected}, got {type(value).__name__}"
         )
 
-    def str(self, key: str, required: bool = True, max_len: int = MAX_NAME_LENGTH) -> Any:
+    def text(self, key: str, required: bool = True, max_len: int = MAX_NAME_LENGTH) -> Any:
         value = self._get(key, required)
         if value is None:
             return None
@@ -149,9 +151,7 @@ class Fields:
             raise ProtocolError(f"{self._what}: field '{key}' is longer than {max_len}")
         return value
 
-    def int(
-        self, key: str, required: bool = True, low: int = 0, high: int = 2**63 - 1
-    ) -> Any:
+    def integer(self, key: str, required: bool = True, low: int = 0, high: int = 2**63 - 1) -> Any:
         value = self._get(key, required)
         if value is None:
             return None
@@ -171,13 +171,13 @@ class Fields:
             raise ProtocolError(f"{self._what}: field '{key}' must be a finite number >= {low}")
         return float(value)
 
-    def bool(self, key: str) -> bool:
+    def flag(self, key: str) -> bool:
         value = self._body.get(key, False)
         if not isinstance(value, bool):
             raise self._wrong(key, "a boolean", value)
         return value
 
-    def bytes(self, key: str, required: bool = True) -> Any:
+    def binary(self, key: str, required: bool = True) -> Any:
         value = self._get(key, required)
         if value is None:
             return None
@@ -185,13 +185,13 @@ class Fields:
             raise self._wrong(key, "binary (msgpack bin)", value)
         return value
 
-    def map(self, key: str, required: bool = False) -> Any:
+    def mapping(self, key: str, required: bool = False) -> Any:
         value = self._get(key, required)
         if value is not None and not isinstance(value, dict):
             raise self._wrong(key, "a map", value)
         return value
 
-    def list(self, key: str, required: bool = True, max_len: int = MAX_BATCH) -> list[Any]:
+    def array(self, key: str, required: bool = True, max_len: int = MAX_BATCH) -> list[Any]:
         value = self._get(key, required)
         if value is None:
             return []
@@ -201,8 +201,8 @@ class Fields:
             raise ProtocolError(f"{self._what}: '{key}' holds more than {max_len} items")
         return value
 
-    def str_list(self, key: str, required: bool = True, max_len: int = MAX_BATCH) -> list[str]:
-        items = self.list(key, required, max_len)
+    def names(self, key: str, required: bool = True, max_len: int = MAX_BATCH) -> list[str]:
+        items = self.array(key, required, max_len)
         for item in items:
             if not isinstance(item, str) or not item or len(item) > MAX_NAME_LENGTH:
                 raise ProtocolError(f"{self._what}: '{key}' must hold non-empty short strings")
@@ -237,7 +237,13 @@ class JobSubmission:
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
         for key in (
-            "queue", "priority", "run_at", "delay", "max_attempts", "backoff", "timeout",
+            "queue",
+            "priority",
+            "run_at",
+            "delay",
+            "max_attempts",
+            "backoff",
+            "timeout",
             "unique_key",
         ):
             value = getattr(self, key)
@@ -249,22 +255,22 @@ class JobSubmission:
     def from_wire(cls, item: Any) -> JobSubmission:
         f = Fields(item, "job")
         return cls(
-            id=f.str("id"),
-            name=f.str("name"),
-            args=f.bytes("args"),
-            queue=f.str("queue", required=False),
-            priority=f.int("priority", required=False, high=65535),
+            id=f.text("id"),
+            name=f.text("name"),
+            args=f.binary("args"),
+            queue=f.text("queue", required=False),
+            priority=f.integer("priority", required=False, high=65535),
             run_at=f.number("run_at", required=False),
             delay=f.number("delay", required=False),
-            max_attempts=f.int("max_attempts", required=False, high=1_000_000),
-            backoff=f.map("backoff"),
+            max_attempts=f.integer("max_attempts", required=False, high=1_000_000),
+            backoff=f.mapping("backoff"),
             timeout=f.number("timeout", required=False),
-            unique_key=f.str("unique_key", required=False, max_len=512),
+            unique_key=f.text("unique_key", required=False, max_len=512),
         )
 
 
 def decode_submit(body: Any) -> list[JobSubmission]:
-    return [JobSubmission.from_wire(item) for item in Fields(body).list("jobs")]
+    return [JobSubmission.from_wire(item) for item in Fields(body).array("jobs")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +290,10 @@ class JobType:
     def from_wire(cls, item: Any) -> JobType:
         f = Fields(item, "job type")
         return cls(
-            queue=f.str("queue", required=False),
-            priority=f.int("priority", required=False, high=65535),
-            max_attempts=f.int("max_attempts", required=False, high=1_000_000),
-            backoff=f.map("backoff"),
+            queue=f.text("queue", required=False),
+            priority=f.integer("priority", required=False, high=65535),
+            max_attempts=f.integer("max_attempts", required=False, high=1_000_000),
+            backoff=f.mapping("backoff"),
             timeout=f.number("timeout", required=False),
         )
 
@@ -343,26 +349,22 @@ class Hello:
     @classmethod
     def from_wire(cls, body: Any) -> Hello:
         f = Fields(body, "HELLO")
-        types = f.map("job_types") or {}
+        types = f.mapping("job_types") or {}
         if len(types) > MAX_BATCH:
             raise ProtocolError("HELLO: too many job types")
         running = []
-        for item in f.list("running", required=False):
+        for item in f.array("running", required=False):
             job_id, attempt = _tuple(item, "HELLO running item", (2,))
             running.append(_lease(job_id, attempt))
         return cls(
-            worker=f.str("worker"),
-            queues=f.str_list("queues", max_len=1000),
-            capacity=f.int("capacity", low=1, high=100_000),
-            pid=f.int("pid", required=False) or 0,
-            host=f.str("host", required=False) or "",
-            job_types={
-                _name(name): JobType.from_wire(spec) for name, spec in types.items()
-            },
+            worker=f.text("worker"),
+            queues=f.names("queues", max_len=1000),
+            capacity=f.integer("capacity", low=1, high=100_000),
+            pid=f.integer("pid", required=False) or 0,
+            host=f.text("host", required=False) or "",
+            job_types={_name(name): JobType.from_wire(spec) for name, spec in types.items()},
             running=running,
-            schedules=[
-                Schedule.from_wire(item) for item in f.list("schedules", required=False)
-            ],
+            schedules=[Schedule.from_wire(item) for item in f.array("schedules", required=False)],
         )
 
 
@@ -404,7 +406,7 @@ class Dispatch:
 
 
 def decode_jobs(body: Any) -> list[Dispatch]:
-    return [Dispatch.from_wire(item) for item in Fields(body, "JOB").list("jobs")]
+    return [Dispatch.from_wire(item) for item in Fields(body, "JOB").array("jobs")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,9 +432,7 @@ class Ack:
             raise ProtocolError("ACK item: result must be binary or nil")
         reschedule_at = fields[3] if len(fields) == 4 else None
         if reschedule_at is not None:
-            reschedule_at = Fields({"reschedule_at": reschedule_at}, "ACK").number(
-                "reschedule_at"
-            )
+            reschedule_at = Fields({"reschedule_at": reschedule_at}, "ACK").number("reschedule_at")
         return cls(job_id, attempt, result, reschedule_at)
 
 
@@ -470,22 +470,22 @@ class Fail:
 
 
 def decode_acks(body: Any) -> list[Ack]:
-    return [Ack.from_wire(item) for item in Fields(body, "ACK").list("acks")]
+    return [Ack.from_wire(item) for item in Fields(body, "ACK").array("acks")]
 
 
 def decode_fails(body: Any) -> list[Fail]:
-    return [Fail.from_wire(item) for item in Fields(body, "FAIL").list("fails")]
+    return [Fail.from_wire(item) for item in Fields(body, "FAIL").array("fails")]
 
 
 def report_seq(body: Any) -> int | None:
     """The sequence number a worker gave a report (ACK, FAIL, RELEASE) so the
     broker can CONFIRM it once stored; None when the worker asks for none."""
-    return Fields(body, "report").int("seq", required=False)
+    return Fields(body, "report").integer("seq", required=False)
 
 
 def decode_leases(body: Any, command: str) -> list[tuple[str, int]]:
     leases = []
-    for item in Fields(body, command).list("jobs"):
+    for item in Fields(body, command).array("jobs"):
         job_id, attempt = _tuple(item, f"{command} item", (2,))
         leases.append(_lease(job_id, attempt))
     return leases
@@ -493,4 +493,3 @@ def decode_leases(body: Any, command: str) -> list[tuple[str, int]]:
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
-

@@ -335,7 +335,19 @@ class MemoryStorage(Storage):
 
 # A stand-in for a missing job in lazy-deletion checks: in no state at all.
 _GONE = JobRecord(
-    id="", name="", queue="", args=b"", priority=0, state="", run_at=0.0, attempts=0,
-    max_attempts=None, backoff=None, timeout=None, unique_key=None, seq=0,
-    created_at=0.0, updated_at=0.0,
+    id="",
+    name="",
+    queue="",
+    args=b"",
+    priority=0,
+    state="",
+    run_at=0.0,
+    attempts=0,
+    max_attempts=None,
+    backoff=None,
+    timeout=None,
+    unique_key=None,
+    seq=0,
+    created_at=0.0,
+    updated_at=0.0,
 )

@@ -135,8 +135,7 @@ class SQLStorage(Storage):
         except ImportError as exc:
             extra = _EXTRAS.get(sa_url.get_backend_name(), "its driver")
             raise StorageError(
-                f"cannot open storage {masked}: database driver missing ({exc}); "
-                f"install {extra}"
+                f"cannot open storage {masked}: database driver missing ({exc}); install {extra}"
             ) from exc
         except ArgumentError as exc:
             raise ValueError(f"unsupported storage URL {masked}: {exc}") from exc
@@ -272,9 +271,7 @@ class SQLStorage(Storage):
             results.append(ok)
         return results
 
-    def _update_attempts(
-        self, conn: Connection, rows: list[dict[str, Any]], **same: Any
-    ) -> None:
+    def _update_attempts(self, conn: Connection, rows: list[dict[str, Any]], **same: Any) -> None:
         """Update running attempts, each named by ``id`` and ``attempt`` in
         ``rows`` with its own values for the rows' other keys, and ``same``
         for all. The WHERE clause fences on id, attempt and state (the caller
@@ -623,9 +620,7 @@ class SQLStorage(Storage):
             .where(job_errors.c.job_id == job_id)
             .order_by(job_errors.c.seq)
         )
-        return self._read(
-            lambda conn: [AttemptError(*row) for row in conn.execute(stmt)]
-        )
+        return self._read(lambda conn: [AttemptError(*row) for row in conn.execute(stmt)])
 
     def list_jobs(
         self,

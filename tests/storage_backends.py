@@ -124,8 +124,13 @@ class Backend:
         return self.kind != "memory"
 
     def open(self, **options: object) -> Storage:
-        storage: Storage = MemoryStorage() if self.kind == "memory" else SQLStorage(
-            self.url, **options  # type: ignore[arg-type]
+        storage: Storage = (
+            MemoryStorage()
+            if self.kind == "memory"
+            else SQLStorage(
+                self.url,
+                **options,  # type: ignore[arg-type]
+            )
         )
         self.opened.append(storage)
         return storage

@@ -302,9 +302,10 @@ def test_claim_skips_paused_queues(storage: Storage) -> None:
 def test_complete_stores_the_result(storage: Storage) -> None:
     storage.add([job("a"), job("b")], NOW)
     storage.claim(["q"], 2, NOW, LEASE, "w")
-    assert storage.complete(
-        [Completion("a", 1, b"\x00result"), Completion("b", 1)], NOW + 2
-    ) == [True, True]
+    assert storage.complete([Completion("a", 1, b"\x00result"), Completion("b", 1)], NOW + 2) == [
+        True,
+        True,
+    ]
     a, b = storage.get(["a"])["a"], storage.get(["b"])["b"]
     assert (a.state, a.result, a.attempts, a.updated_at) == (DONE, b"\x00result", 1, NOW + 2)
     assert (a.lease_until, a.worker) == (None, None)
@@ -695,9 +696,7 @@ def test_purge_by_state_and_age(storage: Storage) -> None:
 def test_large_batches(storage: Storage) -> None:
     n = 4500  # more than one IN list's worth in the SQL backends
     assert all(r.created for r in storage.add([job(f"a{i:05}") for i in range(n)], NOW))
-    assert all(
-        not r.created for r in storage.add([job(f"a{i:05}") for i in range(0, n, 2)], NOW)
-    )
+    assert all(not r.created for r in storage.add([job(f"a{i:05}") for i in range(0, n, 2)], NOW))
     storage.add([job(f"b{i:05}", queue="b") for i in range(n)], NOW)
     claimed = storage.claim(["a", "q", "b"], 2 * n - 10, NOW, LEASE, "w")
     assert len(claimed) == 2 * n - 10
@@ -751,9 +750,7 @@ def test_create_false_leaves_the_database_alone_until_migrate(sql_backend: Backe
     assert storage.add([job("a")], NOW) == [AddResult("a", True)]
 
 
-def test_migrate_runs_each_step_once(
-    sql_backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_migrate_runs_each_step_once(sql_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = sql_backend.open()
     assert isinstance(storage, SQLStorage)
     storage.add([job("a")], NOW)
