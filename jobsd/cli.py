@@ -208,6 +208,13 @@ def migrate(url: str) -> None:
     show_default=True,
     help="Worker processes, each with its own application state.",
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 100_000),
+    default=None,
+    help="Jobs held beyond those running, so a freed thread starts the next at once "
+    "[default: the concurrency].",
+)
 @click.option("--heartbeat", type=float, default=1.0, show_default=True)
 @click.option("--liveness", type=int, default=3, show_default=True)
 @click.option(
@@ -223,6 +230,7 @@ def worker(
     queues: tuple[str, ...],
     concurrency: int,
     processes: int,
+    prefetch: int | None,
     heartbeat: float,
     liveness: int,
     grace: float,
@@ -240,6 +248,7 @@ def worker(
         heartbeat=heartbeat,
         liveness=liveness,
         grace=grace,
+        prefetch=concurrency if prefetch is None else prefetch,
     )
     runner = Worker(registry, config)
     _on_stop_signals(runner.stop, runner.stop)

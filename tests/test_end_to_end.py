@@ -67,7 +67,7 @@ def test_state_is_built_once_per_worker_process(cluster: Cluster) -> None:
 def test_worker_processes_option_starts_independent_processes(cluster: Cluster) -> None:
     _, endpoint = cluster.broker()
     supervisor = cluster.worker(
-        endpoint, "apps.probe:jobs", "--processes", "2", "-c", "2", wait=False
+        endpoint, "apps.probe:jobs", "--processes", "2", "-c", "2", "--prefetch", "0", wait=False
     )
     client = cluster.client(endpoint)
     supervisor.wait_for("registered with the broker", count=2)

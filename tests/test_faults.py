@@ -163,7 +163,8 @@ def test_workers_rejoin_a_paused_or_restarted_broker_by_themselves(
     broker, endpoint = cluster.broker(url, *broker_args)
     env = {"JOBSD_TEST_RUNS": str(runs_file)}
     workers = [
-        cluster.worker(endpoint, APP, "-c", "2", "--heartbeat", str(HB), env=env) for _ in range(2)
+        cluster.worker(endpoint, APP, "-c", "2", "--prefetch", "0", "--heartbeat", str(HB), env=env)
+        for _ in range(2)
     ]
     client = cluster.client(endpoint)
     held = [s.id for s in client.submit_many([JobRequest("hold", (str(gates),))] * 4)]
@@ -295,7 +296,9 @@ def test_a_stopping_worker_hands_back_jobs_it_has_not_started(
     confirmed both reports."""
     broker = ScriptedBroker()
     try:
-        busy = cluster.worker(broker.endpoint, APP, "-c", "4", "--heartbeat", "1", wait=False)
+        busy = cluster.worker(
+            broker.endpoint, APP, "-c", "4", "--prefetch", "0", "--heartbeat", "1", wait=False
+        )
         hello = broker.recv(protocol.HELLO)
         assert hello["capacity"] == 4 and hello["running"] == []
         broker.send(protocol.WELCOME, {"heartbeat": 1.0, "liveness": 3})

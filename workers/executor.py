@@ -55,9 +55,16 @@ class Running:
     job: protocol.Dispatch
     context: JobContext
     started: float | None = None
-    deadline: float | None = None
     task: asyncio.Future[Any] | None = None
     abandoned: bool = False
+
+    @property
+    def deadline(self) -> float | None:
+        """When its time limit ends: counted from its start, not its arrival,
+        so a prefetched job does not spend its limit waiting for a thread."""
+        if self.started is None or not self.job.timeout:
+            return None
+        return self.started + self.job.timeout
 
 
 class Wakeup:
@@ -95,7 +102,6 @@ class Executor:
         self.wakeup = Wakeup()
         self._work: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
         self._threads = 0
-        self._idle = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -123,34 +129,56 @@ class Executor:
             self._grow()
 
     def _grow(self) -> None:
-        """One thread per job up to the concurrency, plus one for each thread a
-        timed-out job still holds."""
+        """Keep ``concurrency`` threads that take work: started as needed, and
+        one more for each thread a timed-out job still holds."""
         with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                return
-            self._threads += 1
-        threading.Thread(target=self._thread_main, name="jobsd-job", daemon=True).start()
+            missing = self.concurrency - self._threads
+            self._threads += max(missing, 0)
+        for _ in range(missing):
+            threading.Thread(target=self._thread_main, name="jobsd-job", daemon=True).start()
 
     def abandon(self, running: Running) -> None:
-        """A thread's job ran past its time limit: it is reported failed now and
-        its late outcome ignored. Python cannot stop a thread, so the thread
-        runs on; it returns to the pool when the function returns."""
-        running.abandoned = True
+        """A job ran past its time limit: it is reported failed now and its late
+        outcome ignored. An ``async def`` job is cancelled. Python cannot stop
+        a thread, so a plain function runs on in its thread, which leaves the
+        pool when the function returns; another thread takes its place."""
+        with self._lock:
+            running.abandoned = True
+            if running.task is None and running.started is not None:
+                self._threads -= 1  # that thread is held until the function returns
         if running.task is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(running.task.cancel)
+        self._grow()
+
+    def take_unstarted(self) -> list[Running]:
+        """Prefetched jobs no thread has begun: the worker hands them back."""
+        taken: list[Running] = []
+        while True:
+            try:
+                running = self._work.get_nowait()
+            except queue.Empty:
+                return taken
+            if running is None:
+                self._work.put(None)
+                return taken
+            taken.append(running)
 
     def _thread_main(self) -> None:
         while True:
             running = self._work.get()
             if running is None:
                 return
-            self._report(running, self._run_sync(running))
             with self._lock:
-                self._idle += 1
+                if running.abandoned:
+                    continue  # timed out while it waited: reported already
+                running.started = time.monotonic()
+            report = self._run_sync(running)
+            self._report(running, report)
+            with self._lock:
+                if running.abandoned:
+                    return  # a replacement took this thread's place
 
     def _run_sync(self, running: Running) -> Report:
-        running.started = time.monotonic()
         definition = self.registry.definitions[running.job.name]
         try:
             args, kwargs = _decode_args(running.job.args)
@@ -178,8 +206,10 @@ class Executor:
         except asyncio.TimeoutError:
             report = timed_out(running)
         except asyncio.CancelledError:
-            report = timed_out(running) if running.abandoned else _failure(
-                running, JobCancelled("cancelled")
+            report = (
+                timed_out(running)
+                if running.abandoned
+                else _failure(running, JobCancelled("cancelled"))
             )
         except BaseException as exc:  # noqa: BLE001 - a job's failure, whatever it is
             report = _failure(running, exc)
@@ -236,9 +266,7 @@ def _failure(running: Running, exc: BaseException) -> protocol.Fail:
         at = exc.at if exc.at is not None else time.time() + (exc.delay or 0.0)
         return protocol.Fail(job.id, job.attempt, str(exc), protocol.FAIL_RETRY, at)
     if isinstance(exc, JobCancelled):
-        return protocol.Fail(
-            job.id, job.attempt, f"JobCancelled: {exc}", protocol.FAIL_CANCELLED
-        )
+        return protocol.Fail(job.id, job.attempt, f"JobCancelled: {exc}", protocol.FAIL_CANCELLED)
     text = "".join(traceback.format_exception(exc)).strip()
     return protocol.Fail(job.id, job.attempt, text, protocol.FAIL_ERROR)
 
@@ -252,4 +280,3 @@ def timed_out(running: Running) -> protocol.Fail:
         f"JobTimeout: ran longer than its time limit of {job.timeout} s",
         protocol.FAIL_TIMEOUT,
     )
-

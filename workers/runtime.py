@@ -28,6 +28,7 @@ from jobsd.workers.executor import Executor, JobContext, Running, timed_out
 from jobsd.workers.registry import Registry
 
 log = logging.getLogger("jobsd.worker")
+_GONE = object()  # what ``running.get`` gives for a job no longer held
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,10 @@ class WorkerConfig:
     heartbeat: float = 1.0  # seconds between heartbeats to the broker
     liveness: int = 3  # broker heartbeats missed before reconnecting
     grace: float = 30.0  # how long running jobs may finish after a stop signal
+    # Jobs held beyond those running, so a freed thread starts the next one at
+    # once instead of after a round trip to the broker. Bounded, so a slow
+    # worker never hoards: at most concurrency + prefetch jobs are its.
+    prefetch: int = 0
     reconnect_max: float = 30.0  # the longest wait between reconnect attempts
 
 
@@ -72,7 +77,7 @@ class Worker:
         factory = self.registry.state_factory
         state = factory() if factory else None
         with contextlib.ExitStack() as stack:
-            if hasattr(state, "__enter__") and hasattr(state, "__exit__"):
+            if isinstance(state, contextlib.AbstractContextManager):
                 state = stack.enter_context(state)
             self._executor = Executor(self.registry, state, self.config.concurrency)
             unwake = _wake_on_signals(self._executor.wakeup.write_fd)
@@ -160,7 +165,7 @@ class Worker:
         hello = protocol.Hello(
             worker=f"{pysocket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             queues=list(self.config.queues),
-            capacity=self.config.concurrency,
+            capacity=self.config.concurrency + self.config.prefetch,
             pid=os.getpid(),
             host=pysocket.gethostname(),
             job_types={
@@ -211,7 +216,7 @@ class Worker:
             for report, report_body in self._unconfirmed.values():
                 self._send(report, report_body)
         elif command == protocol.CANCEL:
-            for job_id in protocol.Fields(body, "CANCEL").str_list("ids"):
+            for job_id in protocol.Fields(body, "CANCEL").names("ids"):
                 running = self.running.get(job_id)
                 if running is not None:
                     running.context._cancel.set()
@@ -241,8 +246,6 @@ class Worker:
         running = Running(
             job, JobContext(job.id, job.name, job.queue, job.attempt, self._executor.state)
         )
-        if job.timeout:
-            running.deadline = time.monotonic() + job.timeout
         self.running[job.id] = running
         self._executor.start(running)
 
@@ -255,7 +258,7 @@ class Worker:
         outcomes = self._executor.outcomes
         while not outcomes.empty():
             running, report = outcomes.get_nowait()
-            if self.running.get(running.job.id) is not running or running.abandoned:
+            if running.abandoned or self.running.get(running.job.id, _GONE) is not running:
                 continue  # reported already (timed out): the late outcome is ignored
             del self.running[running.job.id]
             if report.attempt != running.job.attempt:  # the run took a newer attempt over
@@ -278,8 +281,12 @@ class Worker:
         assert self._executor is not None
         late = [r for r in self.running.values() if r.deadline is not None and r.deadline <= now]
         for running in late:
-            log.warning("job %s (%s) ran past its %s s limit", running.job.id,
-                        running.job.name, running.job.timeout)
+            log.warning(
+                "job %s (%s) ran past its %s s limit",
+                running.job.id,
+                running.job.name,
+                running.job.timeout,
+            )
             del self.running[running.job.id]
             self._executor.abandon(running)
             self._report(protocol.FAIL, {"fails": [timed_out(running).to_wire()]})
@@ -287,12 +294,19 @@ class Worker:
     # -- stopping ----------------------------------------------------------------------
 
     def _begin_stop(self) -> None:
-        """Say BYE (once): the broker sends no more work."""
+        """Say BYE (once): the broker sends no more work; prefetched jobs no
+        thread has begun go back at once, their attempt not counted."""
         if self._stop_deadline is None:
-            log.info("stopping: %d job(s) running, grace %.0f s", len(self.running),
-                     self.config.grace)
+            assert self._executor is not None
             self._stop_deadline = time.monotonic() + self.config.grace
             self._send(protocol.BYE, {})
+            unstarted = self._executor.take_unstarted()
+            for running in unstarted:
+                self.running.pop(running.job.id, None)
+            log.info(
+                "stopping: %d job(s) running, grace %.0f s", len(self.running), self.config.grace
+            )
+            self._hand_back([running.job for running in unstarted])
 
     def _hand_back(self, jobs: list[protocol.Dispatch]) -> None:
         """Jobs that arrive once the worker is stopping (sent before the broker
