@@ -223,15 +223,22 @@ class Broker:
         self._commit_submits(turn.submits, now)
         self._merge_pending(turn)
         try:
-            finished = self._commit_reports(turn, now)
+            # One commit for the reports and for the jobs claimed into the
+            # slots they freed: on SQLite one fsync a turn, not one per call.
+            with self.storage.transaction():
+                finished = self._commit_reports(turn, now)
+                claimed = self._claim_ready() if turn.acks or turn.fails or turn.releases else []
         except StorageError as exc:
             log.error("storage failed to record worker reports, will retry: %s", exc)
             self._pending_reports = Turn(
                 acks=turn.acks, fails=turn.fails, releases=turn.releases, confirms=turn.confirms
             )
+            self.maybe_ready.update(self._known_queues())  # claims made were undone
         else:
             for peer, seq in turn.confirms:
                 self._send(peer, protocol.CONFIRM, {"seq": seq})
+            for session, jobs in claimed:
+                self._push(session, jobs)
             try:
                 self._answer_waiters(finished)
             except StorageError as exc:  # the poll timer answers them later
@@ -427,26 +434,34 @@ class Broker:
     # -- dispatch ---------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if not self.maybe_ready:
+        try:
+            claimed = self._claim_ready()
+        except StorageError as exc:
+            log.error("storage failed to claim jobs: %s", exc)
             return
-        sessions = [s for s in self.workers.values() if s.free > 0]
-        for session in sessions:
+        for session, jobs in claimed:
+            self._push(session, jobs)
+
+    def _claim_ready(self) -> list[tuple[WorkerSession, list[JobRecord]]]:
+        """Claim ready jobs for every worker with free slots. Nothing is sent
+        here: the caller pushes them once the claims have committed."""
+        claimed: list[tuple[WorkerSession, list[JobRecord]]] = []
+        if not self.maybe_ready:
+            return claimed
+        for session in [s for s in self.workers.values() if s.free > 0]:
             if not self.maybe_ready.intersection(session.queues):
                 continue
             now = self.clock()
-            try:
-                jobs = self.storage.claim(
-                    session.queues, session.free, now, now + self.config.lease, session.worker_id
-                )
-            except StorageError as exc:
-                log.error("storage failed to claim jobs: %s", exc)
-                return
+            jobs = self.storage.claim(
+                session.queues, session.free, now, now + self.config.lease, session.worker_id
+            )
             if len(jobs) < session.free:
                 self.maybe_ready.difference_update(session.queues)
             if jobs:
-                self._push(session, jobs)
+                claimed.append((session, jobs))
             if not self.maybe_ready:
-                return
+                break
+        return claimed
 
     def _push(self, session: WorkerSession, jobs: list[JobRecord]) -> None:
         for job in jobs:

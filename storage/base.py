@@ -11,6 +11,10 @@ Rules every backend keeps, and the shared contract suite checks:
   loop turn with everything that arrived in that turn (group commit).
 * **Durable on return.** When ``add`` returns, the jobs survive a crash of the
   broker (for SQL backends: the transaction has committed).
+* **Several calls, one commit.** Inside ``with storage.transaction():`` the
+  calls share one transaction and are durable when the block ends; if anything
+  inside raises, none of them applies (memory storage applies each call at
+  once: it has nothing to commit and no call of it fails midway).
 * **Time is a parameter.** Every method that looks at the clock takes ``now``
   (seconds since the epoch, float), so tests control time.
 * **Fencing by attempt.** A running job's lease is named by ``(job_id, attempt)``.
@@ -41,7 +45,8 @@ Rules every backend keeps, and the shared contract suite checks:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +199,15 @@ class Storage(abc.ABC):
 
     #: The URL the backend was opened with, secrets masked (for logs).
     url: str
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the calls made inside into one transaction: the broker applies
+        a turn's reports and claims the jobs they free room for with one
+        commit (one fsync on SQLite) instead of one per call. Raises
+        ``StorageError`` at the end when the commit fails. Nested blocks join
+        the outer one."""
+        yield
 
     # -- producers -----------------------------------------------------------
 

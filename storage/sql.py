@@ -25,6 +25,7 @@ the schema alone, which is what ``jobsd migrate URL`` wants::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -145,6 +146,8 @@ class SQLStorage(Storage):
         # Read-only calls: a plain (deferred) BEGIN on SQLite, so readers never
         # take the write lock. Shares the engine's pool and events.
         self._reader = self._engine.execution_options(jobsd_read_only=True)
+        self._open: Connection | None = None  # the connection of transaction()
+        self._open_failed = False
         try:
             if create:
                 migrate(self._engine, self.url)
@@ -192,6 +195,12 @@ class SQLStorage(Storage):
         """Run ``work`` in one transaction; retry it when another broker's
         concurrent change made it fail, else turn the failure into StorageError."""
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
+        if self._open is not None:  # inside transaction(): no retry, the block fails
+            try:
+                return work(self._open)
+            except (SQLAlchemyError, dbapi_error) as exc:
+                self._open_failed = True
+                raise StorageError(f"storage {self.url}: {_describe(exc)}") from exc
         for attempt in range(1, _TRIES + 1):
             try:
                 with engine.begin() as conn:
@@ -209,6 +218,26 @@ class SQLStorage(Storage):
             except (SQLAlchemyError, dbapi_error) as exc:  # dbapi_error: from connect events
                 raise StorageError(f"storage {self.url}: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._open is not None:
+            yield
+            return
+        dbapi_error = self._engine.dialect.loaded_dbapi.Error
+        try:
+            with self._engine.begin() as conn:
+                self._open, self._open_failed = conn, False
+                try:
+                    yield
+                finally:
+                    self._open = None
+                # A call that failed inside may have been caught by the caller;
+                # PostgreSQL would then answer COMMIT with a silent ROLLBACK.
+                if self._open_failed:
+                    raise StorageError(f"storage {self.url}: a call in the transaction failed")
+        except (SQLAlchemyError, dbapi_error) as exc:
+            raise StorageError(f"storage {self.url}: {_describe(exc)}") from exc
 
     def _is_retryable(self, exc: DBAPIError) -> bool:
         orig = exc.orig

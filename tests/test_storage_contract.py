@@ -711,6 +711,42 @@ def test_large_batches(storage: Storage) -> None:
     assert storage.purge([DONE], NOW + 1) == 2 * n - 10
 
 
+# -- transactions ----------------------------------------------------------------------
+
+
+def test_calls_in_a_transaction_apply_together(storage: Storage) -> None:
+    """Rule: several calls, one commit (what the broker does each turn)."""
+    storage.add([job("a"), job("b")], NOW)
+    first = run(storage, "a")
+    with storage.transaction():
+        assert storage.complete([Completion("a", first.attempts, b"r")], NOW) == [True]
+        with storage.transaction():  # a nested block joins the outer one
+            (claimed,) = storage.claim(["q"], 5, NOW, LEASE, "w1")
+        assert storage.get(["a"])["a"].state == DONE  # seen inside, before the commit
+    assert claimed.id == "b"
+    assert state_of(storage, "a") == DONE and state_of(storage, "b") == RUNNING
+
+
+def test_a_failed_transaction_applies_nothing(sql_backend: Backend) -> None:
+    """Rule: if anything inside raises, none of the calls applies, and a
+    failure the caller caught still fails the block."""
+    storage = sql_backend.open()
+    assert isinstance(storage, SQLStorage)
+    storage.add([job("a"), job("b")], NOW)
+    first = run(storage, "a")
+    with pytest.raises(RuntimeError), storage.transaction():
+        storage.complete([Completion("a", first.attempts, b"r")], NOW)
+        storage.claim(["q"], 5, NOW, LEASE, "w1")
+        raise RuntimeError("the broker failed halfway")
+    assert state_of(storage, "a") == RUNNING and state_of(storage, "b") == READY
+    with pytest.raises(StorageError), storage.transaction():
+        storage.complete([Completion("a", first.attempts, b"r")], NOW)
+        with pytest.raises(StorageError):  # a statement the database refuses
+            storage._write(lambda conn: conn.exec_driver_sql("SELECT * FROM no_such_table"))
+    assert state_of(storage, "a") == RUNNING
+    assert storage.complete([Completion("a", first.attempts, b"r")], NOW) == [True]
+
+
 # -- SQL only: schema, URLs, errors ------------------------------------------------------
 
 
