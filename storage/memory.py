@@ -11,7 +11,6 @@ import heapq
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 
 from jobsd.storage.base import (
     CANCELLED,
@@ -148,7 +147,7 @@ class MemoryStorage(Storage):
             job.worker = worker
             job.updated_at = now
             self._running[job.id] = job
-            claimed.append(replace(job))
+            claimed.append(job.copy())
         return claimed
 
     def complete(self, completions: Sequence[Completion], now: float) -> list[bool]:
@@ -210,7 +209,7 @@ class MemoryStorage(Storage):
 
     def expired(self, now: float, limit: int = 1000) -> list[JobRecord]:
         late = [
-            replace(job)
+            job.copy()
             for job in self._running.values()
             if job.lease_until is not None and job.lease_until < now
         ]
@@ -241,7 +240,7 @@ class MemoryStorage(Storage):
     # -- inspection and administration ---------------------------------------
 
     def get(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        return {i: replace(self._jobs[i]) for i in job_ids if i in self._jobs}
+        return {i: self._jobs[i].copy() for i in job_ids if i in self._jobs}
 
     def errors(self, job_id: str) -> list[AttemptError]:
         return list(self._errors.get(job_id, ()))
@@ -261,7 +260,7 @@ class MemoryStorage(Storage):
             and (before_seq is None or job.seq < before_seq)
         ]
         found.sort(key=lambda job: job.seq, reverse=True)
-        return [replace(job) for job in found[:limit]]
+        return [job.copy() for job in found[:limit]]
 
     def stats(self) -> dict[str, QueueStats]:
         stats: dict[str, QueueStats] = {}

@@ -36,15 +36,20 @@ class JobContext:
     queue: str
     attempt: int
     state: Any
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    # A plain flag, not an Event: jobs poll it and nothing waits on it, and a
+    # context is made for every job. Set by the I/O thread, read by the job's.
+    _cancel_requested: bool = field(default=False, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once a cancel was requested: a long job should check and stop."""
-        return self._cancel.is_set()
+        return self._cancel_requested
+
+    def request_cancel(self) -> None:
+        self._cancel_requested = True
 
     def raise_if_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel_requested:
             raise JobCancelled(f"job {self.id} was cancelled")
 
 
@@ -68,20 +73,31 @@ class Running:
 
 
 class Wakeup:
-    """A pipe the I/O thread polls: any thread may poke it."""
+    """A pipe the I/O thread polls: any thread may poke it.
+
+    One byte per batch, not per job: a poke while one is pending writes
+    nothing. Safe without a lock because the I/O thread clears the flag in
+    ``drain`` before it reads the outcome queue: an outcome queued before a
+    poke that saw the flag set is read after that clear.
+    """
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
+        self._pending = False
 
     def poke(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
         try:
             os.write(self.write_fd, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: a wakeup is already pending
 
     def drain(self) -> None:
+        self._pending = False
         try:
             while os.read(self.read_fd, 4096):
                 pass

@@ -219,7 +219,7 @@ class Worker:
             for job_id in protocol.Fields(body, "CANCEL").names("ids"):
                 running = self.running.get(job_id)
                 if running is not None:
-                    running.context._cancel.set()
+                    running.context.request_cancel()
         elif command == protocol.RECONNECT and not self._stop_requested:
             log.info("the broker does not know this worker (it restarted?): saying HELLO again")
             self._hello()
