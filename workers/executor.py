@@ -76,9 +76,12 @@ class Wakeup:
     """A pipe the I/O thread polls: any thread may poke it.
 
     One byte per batch, not per job: a poke while one is pending writes
-    nothing. Safe without a lock because the I/O thread clears the flag in
-    ``drain`` before it reads the outcome queue: an outcome queued before a
-    poke that saw the flag set is read after that clear.
+    nothing. Safe without a lock because ``drain`` empties the pipe first and
+    clears the flag after, and the I/O thread reads the outcome queue after
+    ``drain``: a poke that saw the flag set queued its outcome before the clear,
+    so that read finds it; a poke after the clear writes a byte that stays in
+    the pipe. (Clearing first would lose a wakeup: a byte written between the
+    clear and the read would be swallowed with the flag left set.)
     """
 
     def __init__(self) -> None:
@@ -97,12 +100,12 @@ class Wakeup:
             pass  # the pipe is full: a wakeup is already pending
 
     def drain(self) -> None:
-        self._pending = False
         try:
             while os.read(self.read_fd, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._pending = False
 
     def close(self) -> None:
         os.close(self.read_fd)
