@@ -1,10 +1,11 @@
 """The broker daemon: one ROUTER socket, one poll loop, small handlers.
 
 Each loop turn drains every message that has arrived (up to a bound), applies
-the turn's submits, acks and fails to storage in one call each (group commit),
-answers producers only after that commit, then pushes ready jobs to workers with
-free slots. Timers (promotion of due jobs, heartbeats, leases, waits) run between
-turns. One thread, no locks: storage is only ever touched from this loop.
+the turn's submits, acks and fails to storage in one call each and claims jobs
+for the workers' free slots, all in one transaction (group commit); only after
+that commit does it answer producers, confirm reports and push the jobs.
+Timers (promotion of due jobs, heartbeats, leases, waits) run between turns.
+One thread, no locks: storage is only ever touched from this loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jobsd.manager import JobManager, Outcome
 from jobsd.storage import (
     FINAL_STATES,
     STATES,
+    AddResult,
     JobRecord,
     Lease,
     NewJob,
@@ -38,6 +40,7 @@ log = logging.getLogger("jobsd.broker")
 
 #: Messages handled in one loop turn at most, so timers and dispatch keep running.
 TURN_MESSAGES = 5000
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,22 +222,35 @@ class Broker:
             )
 
     def _commit(self, turn: Turn) -> None:
+        """Apply the turn to storage with one commit: its submits, its workers'
+        reports, and claims for the slots they free and the jobs they add (on
+        SQLite one fsync a turn, not one per call). Replies, CONFIRMs and jobs
+        go out only once that commit is done."""
         now = self.clock()
-        self._commit_submits(turn.submits, now)
         self._merge_pending(turn)
+        submitted = [job for _, batch in turn.submits for job in batch]
         try:
-            # One commit for the reports and for the jobs claimed into the
-            # slots they freed: on SQLite one fsync a turn, not one per call.
             with self.storage.transaction():
+                added = self.manager.add(submitted, now)
+                self._note_added(submitted, now)
                 finished = self._commit_reports(turn, now)
-                claimed = self._claim_ready() if turn.acks or turn.fails or turn.releases else []
+                changed = submitted or turn.acks or turn.fails or turn.releases
+                claimed = self._claim_ready() if changed else []
         except StorageError as exc:
-            log.error("storage failed to record worker reports, will retry: %s", exc)
+            log.error(
+                "storage failed: %d submitted job(s) refused, %d report(s) to retry: %s",
+                len(submitted),
+                len(turn.acks) + len(turn.fails) + len(turn.releases),
+                exc,
+            )
+            for peer, _ in turn.submits:
+                self._send(peer, protocol.ERROR, protocol.error_body("storage_error", str(exc)))
             self._pending_reports = Turn(
                 acks=turn.acks, fails=turn.fails, releases=turn.releases, confirms=turn.confirms
             )
             self.maybe_ready.update(self._known_queues())  # claims made were undone
         else:
+            self._reply_added(turn.submits, added)
             for peer, seq in turn.confirms:
                 self._send(peer, protocol.CONFIRM, {"seq": seq})
             for session, jobs in claimed:
@@ -246,22 +262,16 @@ class Broker:
         for peer, command, body in turn.requests:
             self._answer(peer, command, body, now)
 
-    def _commit_submits(self, submits: list[tuple[bytes, list[NewJob]]], now: float) -> None:
-        if not submits:
-            return
-        jobs = [job for _, batch in submits for job in batch]
-        try:
-            results = self.manager.add(jobs, now)
-        except StorageError as exc:
-            log.error("storage refused %d submitted job(s): %s", len(jobs), exc)
-            for peer, _ in submits:
-                self._send(peer, protocol.ERROR, protocol.error_body("storage_error", str(exc)))
-            return
+    def _note_added(self, jobs: list[NewJob], now: float) -> None:
         for job in jobs:
             if job.run_at <= now:
                 self.maybe_ready.add(job.queue)
             else:
                 self._due_at(job.run_at)
+
+    def _reply_added(
+        self, submits: list[tuple[bytes, list[NewJob]]], results: list[AddResult]
+    ) -> None:
         start = 0
         for peer, batch in submits:
             chunk = results[start : start + len(batch)]
@@ -765,7 +775,7 @@ class Broker:
         """Send without ever blocking the loop; False when the peer is gone."""
         assert self._socket is not None  # only called while running
         try:
-            self._socket.send_multipart([peer, *protocol.encode(command, body)], zmq.NOBLOCK)
+            protocol.send(self._socket, [peer, *protocol.encode(command, body)], _NOBLOCK)
             return True
         except (zmq.Again, zmq.ZMQError) as exc:
             log.info("could not send %s to peer %s: %s", command.decode(), peer.hex(), exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from jobsd import Client, JobRequest, protocol
+from jobsd import BrokerError, Client, JobRequest, protocol
 from tests.apps.faults import gate
 from tests.conftest import Cluster, Process
 
@@ -364,3 +365,36 @@ def test_a_worker_backing_off_from_a_dead_broker_stops_at_once(cluster: Cluster)
     took = time.monotonic() - signalled_at
     print(f"\nworker in reconnect back-off exited {took:.2f} s after SIGTERM (back-off 0.8 s)")
     assert took < 0.5
+
+
+def test_a_storage_outage_refuses_submits_clearly_and_keeps_every_report(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Another process holds SQLite's write lock past the broker's busy timeout:
+    the turn's one transaction fails as a whole. The submit in it gets a
+    ``storage_error`` and is not stored; the worker's ack in it is kept and
+    recorded once the lock is gone; the broker serves on."""
+    database = tmp_path / "jobs.sqlite3"
+    broker, endpoint = cluster.broker(f"sqlite:///{database}")
+    worker = cluster.worker(endpoint, APP, "-c", "1")
+    client = cluster.client(endpoint, timeout=30.0)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    job_id = client.submit("hold", str(gates))
+    started(worker, job_id, 1)
+
+    blocker = sqlite3.connect(database, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        open_gate(gates, job_id, 1)
+        broker.wait_for(r"storage failed: 0 submitted job\(s\) refused, 1 report\(s\) to retry")
+        with pytest.raises(BrokerError) as refused:
+            client.enqueue("hold", [str(gates)], job_id="refused")
+        assert refused.value.code == "storage_error"
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert client.result(job_id, timeout=30) == {"pid": worker.pid, "attempt": 1}
+    assert client.status("refused") is None
+    assert client.enqueue("hold", [str(gates)], job_id="refused").created
