@@ -236,23 +236,28 @@ class Client:
         message = protocol.encode(command, body)[1:]  # REQ adds the empty frame
         timeout_ms = int((self.timeout + wait) * 1000)
         for _ in range(self.retries):
-            sock = self._socket()
-            sock.send_multipart(message)
-            if sock.poll(timeout_ms, zmq.POLLIN):
-                try:
-                    reply, reply_body = protocol.decode([b"", *sock.recv_multipart()])
-                except protocol.ProtocolError as exc:
-                    raise BrokerError("bad_reply", str(exc)) from None
-                if reply == protocol.ERROR:
-                    raise BrokerError(str(reply_body.get("code")), str(reply_body.get("message")))
-                return reply_body
-            self._discard_socket()
+            sock = self._socket(timeout_ms)
+            protocol.send(sock, message)
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:  # no reply within the receive timeout
+                self._discard_socket()
+                continue
+            try:
+                reply, reply_body = protocol.decode([b"", *frames])
+            except protocol.ProtocolError as exc:
+                raise BrokerError("bad_reply", str(exc)) from None
+            if reply == protocol.ERROR:
+                raise BrokerError(str(reply_body.get("code")), str(reply_body.get("message")))
+            return reply_body
         raise BrokerUnavailable(
             f"no reply from the broker at {self.endpoint} after {self.retries} tries "
             f"of {self.timeout + wait:.1f} s"
         )
 
-    def _socket(self) -> zmq.Socket[Any]:
+    def _socket(self, timeout_ms: int) -> zmq.Socket[Any]:
+        """This thread's REQ socket, its receive timeout set to ``timeout_ms``
+        (a timeout on the socket, not a poll per request: fewer calls)."""
         if os.getpid() != self._pid:
             self._after_fork()
         sock: zmq.Socket[Any] | None = getattr(self._local, "socket", None)
@@ -261,8 +266,12 @@ class Client:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoint)
             self._local.socket = sock
+            self._local.timeout_ms = None
             with self._lock:
                 self._sockets.append(sock)
+        if self._local.timeout_ms != timeout_ms:
+            sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._local.timeout_ms = timeout_ms
         return sock
 
     def _discard_socket(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import zmq
 
 TAG = b"JOBSD1"
 
@@ -101,6 +102,19 @@ def encode(command: bytes, body: Any) -> list[bytes]:
     """Frames for a message from a REQ or DEALER peer, or (behind the peer's
     identity) from the broker."""
     return [b"", TAG, command, pack(body)]
+
+
+_MORE = int(zmq.SNDMORE)
+
+
+def send(sock: zmq.Socket[Any], frames: Sequence[bytes], flags: int = 0) -> None:
+    """``sock.send_multipart(frames, flags)`` for frames known to be bytes,
+    without its per-frame type checks and its arithmetic on enum flags: every
+    message of every peer goes through here."""
+    more = _MORE | int(flags)
+    for frame in frames[:-1]:
+        sock.send(frame, more)
+    sock.send(frames[-1], flags)
 
 
 def decode(frames: Sequence[bytes]) -> tuple[bytes, Any]:

@@ -179,7 +179,7 @@ class Worker:
     def _send(self, command: bytes, body: Any) -> None:
         assert self._socket is not None
         try:
-            self._socket.send_multipart(protocol.encode(command, body), zmq.NOBLOCK)
+            protocol.send(self._socket, protocol.encode(command, body), zmq.NOBLOCK)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.warning("could not send %s: broker not reachable", command.decode())
