@@ -59,8 +59,13 @@ def _dealer(endpoint: str, count: int, frames: int) -> None:
     ctx.term()
 
 
-def req_rep(workdir: Path, count: int) -> dict[str, float]:
-    """Round trips per second and their p50/p99 (ms) through one REQ socket."""
+def req_rep(workdir: Path, count: int, gap: float = 0.0) -> dict[str, float]:
+    """Round trips per second and their p50/p99 (ms) through one REQ socket.
+
+    With ``gap``, both sides idle that long before each round trip, as in the
+    latency workload: the floor under any enqueue-to-start latency over
+    ZeroMQ here, since that path is at least one client->broker and one
+    broker->worker hop, each from idle (rate: round trips per busy second)."""
     server = Proc("raw-rep", python("-m", "benchmarks.rawzmq", "rep"), workdir)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
@@ -73,10 +78,12 @@ def req_rep(workdir: Path, count: int) -> dict[str, float]:
         times = []
         start = time.perf_counter()
         for _ in range(count):
+            if gap:
+                time.sleep(gap)
             t0 = time.perf_counter()
             _round_trip(sock)
             times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
+        elapsed = sum(times) if gap else time.perf_counter() - start
         sock.send_multipart([b"END"])
         sock.poll(1000)
         return {"jobs_per_s": count / elapsed, **percentiles(times), "n": count, "seconds": elapsed}

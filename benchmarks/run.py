@@ -198,12 +198,16 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_raw:
             count = args.raw_count or (5000 if args.quick else 20_000)
             raw["REQ/REP"] = rawzmq.req_rep(workdir, count)
+            raw["REQ/REP from idle"] = rawzmq.req_rep(
+                workdir, plan.latency_samples, gap=plan.latency_gap
+            )
             raw["DEALER->ROUTER"] = rawzmq.dealer_router(workdir, count * 10)
             raw["DEALER->ROUTER 1 frame"] = rawzmq.dealer_router(workdir, count * 10, frames=1)
             print(
                 f"  raw pyzmq: REQ/REP {raw['REQ/REP']['jobs_per_s']:.0f} round trips/s, "
                 f"DEALER->ROUTER {raw['DEALER->ROUTER']['jobs_per_s']:.0f} msgs/s (4 frames), "
-                f"{raw['DEALER->ROUTER 1 frame']['jobs_per_s']:.0f} (1 frame)",
+                f"{raw['DEALER->ROUTER 1 frame']['jobs_per_s']:.0f} (1 frame); "
+                f"REQ/REP from idle p50 {raw['REQ/REP from idle']['p50_ms']:.3f} ms",
                 flush=True,
             )
         for cls in chosen:
