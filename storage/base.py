@@ -102,6 +102,9 @@ class NewJob:
 
     def check(self) -> None:
         """``ValueError`` when a key field is longer than storage keeps."""
+        longest = max(len(self.id), len(self.name), len(self.queue), len(self.unique_key or ""))
+        if longest <= MAX_KEY_LENGTH:  # every job passes through here: the quick yes first
+            return
         for name in ("id", "name", "queue", "unique_key"):
             value = getattr(self, name)
             if value is not None and len(value) > MAX_KEY_LENGTH:

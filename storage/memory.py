@@ -97,22 +97,22 @@ class MemoryStorage(Storage):
             if holder is not None:
                 results.append(AddResult(holder, False))
                 continue
-            job = JobRecord(
-                id=new.id,
-                name=new.name,
-                queue=new.queue,
-                args=new.args,
-                priority=new.priority,
-                state=SCHEDULED,
-                run_at=new.run_at,
-                attempts=0,
-                max_attempts=new.max_attempts,
-                backoff=new.backoff,
-                timeout=new.timeout,
-                unique_key=new.unique_key,
-                seq=next(self._seq),
-                created_at=now,
-                updated_at=now,
+            job = JobRecord(  # positional: a third cheaper than by keyword, per job
+                new.id,
+                new.name,
+                new.queue,
+                new.args,
+                new.priority,
+                SCHEDULED,  # state
+                new.run_at,
+                0,  # attempts
+                new.max_attempts,
+                new.backoff,
+                new.timeout,
+                new.unique_key,
+                next(self._seq),
+                now,  # created_at
+                now,  # updated_at
             )
             self._jobs[job.id] = job
             if job.unique_key is not None:
