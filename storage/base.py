@@ -102,7 +102,8 @@ class NewJob:
 
     def check(self) -> None:
         """``ValueError`` when a key field is longer than storage keeps."""
-        longest = max(len(self.id), len(self.name), len(self.queue), len(self.unique_key or ""))
+        keys = (self.id, self.name, self.queue, self.unique_key)
+        longest = max(len(key or "") for key in keys)
         if longest <= MAX_KEY_LENGTH:  # every job passes through here: the quick yes first
             return
         for name in ("id", "name", "queue", "unique_key"):
