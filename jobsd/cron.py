@@ -59,10 +59,10 @@ class CronTable:
             if at > now:
                 continue
             schedule = self._schedules[key]
-            times = croniter(schedule.cron, at)
-            latest = at
-            while (following := _following(times)) is not None and following <= now:
-                latest = following
+            # Straight to the fires around now: after a long stall, stepping
+            # through every missed fire of a per-second schedule took seconds.
+            following = _following(croniter(schedule.cron, now))
+            latest = max(at, _latest(schedule.cron, now))
             if following is None:
                 log.info("cron: %r (%s) fires for the last time", schedule.cron, schedule.name)
                 del self._next[key]
@@ -78,6 +78,15 @@ class CronTable:
                 )
             )
         return fires
+
+
+def _latest(cron: str, now: float) -> float:
+    """The last fire at or before ``now`` (0.0 when croniter finds none)."""
+    try:
+        # A millisecond past now, so that a fire exactly at now counts.
+        return float(croniter(cron, now + 0.001).get_prev(float))
+    except CroniterError:
+        return 0.0
 
 
 def _following(times: croniter) -> float | None:

@@ -495,3 +495,27 @@ def test_schedules_refuse_or_fire_but_never_raise(
             assert fire.run_at is not None and fire.run_at <= now
         upcoming = table.next_fire()
         assert upcoming is None or upcoming > now
+
+
+@pytest.mark.parametrize(
+    ("cron", "gap", "expected_latest"),
+    [
+        ("* * * * * *", 7 * 86400.0 + 0.5, 7 * 86400.0),  # every second, a week asleep
+        ("*/5 * * * *", 3 * 3600.0 + 60.0, 3 * 3600.0),  # every 5 minutes
+        ("0 0 1 1 *", 400 * 86400.0, 365 * 86400.0),  # yearly: the latest New Year
+    ],
+)
+def test_a_broker_that_slept_through_many_fires_runs_the_latest_once(
+    cron: str, gap: float, expected_latest: float
+) -> None:
+    """One fire, the latest, whatever the gap; found without stepping through
+    every missed fire (a week of a per-second schedule took seconds)."""
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
+    table = CronTable()
+    table.add([protocol.Schedule(cron, "tick", ARGS, None)], start - 0.5)
+    (fire,) = table.due(start + gap)
+    assert fire.run_at == start + expected_latest
+    assert fire.id.endswith(f"-{int(fire.run_at)}")
+    upcoming = table.next_fire()
+    assert upcoming is not None and upcoming > start + gap
+    assert table.due(start + gap) == []  # once
