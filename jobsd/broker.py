@@ -69,11 +69,15 @@ class WorkerSession:
     pid: int = 0
     host: str = ""
     inflight: dict[str, JobRecord] = field(default_factory=dict)
+    # Jobs the worker said it still runs (HELLO) that are no longer its: taken
+    # from it while it was away. They hold its threads until it reports them,
+    # so they count against its capacity until then.
+    held: set[str] = field(default_factory=set)
     draining: bool = False
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else self.capacity - len(self.inflight)
+        return 0 if self.draining else self.capacity - len(self.inflight) - len(self.held)
 
 
 @dataclass
@@ -366,6 +370,14 @@ class Broker:
         records = self.storage.get(
             [lease.job_id for lease, ok in zip(leases, current, strict=False) if ok]
         )
+        session.held.update(lease.job_id for lease in leases if lease.job_id not in records)
+        if session.held:
+            log.info(
+                "worker %s still runs %d job(s) now run elsewhere: they hold its slots until "
+                "it reports them",
+                session.worker_id,
+                len(session.held),
+            )
         for record in records.values():
             previous = self.job_owner.get(record.id)
             if previous is not None and previous is not session:
@@ -387,25 +399,32 @@ class Broker:
 
     def _on_ack(self, peer: bytes, body: Any, turn: Turn) -> None:
         # Reports count even from an unknown worker: storage fences them by attempt.
-        turn.acks.extend(protocol.decode_acks(body))
-        self._report_received(peer, body, turn)
+        acks = protocol.decode_acks(body)
+        turn.acks.extend(acks)
+        self._report_received(peer, body, turn, [a.job_id for a in acks])
 
     def _on_fail(self, peer: bytes, body: Any, turn: Turn) -> None:
-        turn.fails.extend(protocol.decode_fails(body))
-        self._report_received(peer, body, turn)
+        fails = protocol.decode_fails(body)
+        turn.fails.extend(fails)
+        self._report_received(peer, body, turn, [f.job_id for f in fails])
 
     def _on_release(self, peer: bytes, body: Any, turn: Turn) -> None:
-        leases = protocol.decode_leases(body, "RELEASE")
-        turn.releases.extend(Lease(job_id, attempt) for job_id, attempt in leases)
-        self._report_received(peer, body, turn)
+        leases = [
+            Lease(job_id, attempt) for job_id, attempt in protocol.decode_leases(body, "RELEASE")
+        ]
+        turn.releases.extend(leases)
+        self._report_received(peer, body, turn, [lease.job_id for lease in leases])
 
-    def _report_received(self, peer: bytes, body: Any, turn: Turn) -> None:
+    def _report_received(self, peer: bytes, body: Any, turn: Turn, job_ids: list[str]) -> None:
         """Confirm the report once storage has it: until then the worker keeps
-        it, and sends it again if it has to reconnect."""
+        it, and sends it again if it has to reconnect. A job reported is no
+        longer held by the worker, whoever it belongs to now."""
         seq = protocol.report_seq(body)
         if seq is not None:
             turn.confirms.append((peer, seq))
-        self._session(peer)
+        session = self._session(peer)
+        if session is not None and session.held:
+            session.held.difference_update(job_ids)
 
     def _on_heartbeat(self, peer: bytes, body: Any, turn: Turn) -> None:
         self._session(peer)

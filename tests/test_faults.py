@@ -111,6 +111,43 @@ def test_worker_paused_past_its_liveness_loses_the_job_and_its_late_ack_is_refus
     assert status is not None and status.attempts == 2
 
 
+def test_a_rejoining_worker_gets_no_job_while_its_threads_run_jobs_taken_from_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A worker paused past its liveness rejoins still running a job that now
+    runs elsewhere. That job holds its only thread, so the broker must not
+    count the slot free: a new job waits for a worker that can start it,
+    rather than queueing behind the stale run."""
+    broker, endpoint = cluster.broker("memory://", "--heartbeat", str(HB))
+    one_slot = ("-c", "1", "--prefetch", "0", "--heartbeat", str(HB))
+    first = cluster.worker(endpoint, APP, *one_slot)
+    client = cluster.client(endpoint)
+    taken = client.submit("hold", str(tmp_path))
+    started(first, taken, 1)
+
+    first.signal(signal.SIGSTOP)
+    try:
+        second = cluster.worker(endpoint, APP, *one_slot)
+        broker.wait_for(lost_line(first, 1))
+        started(second, taken, 2)
+    finally:
+        first.signal(signal.SIGCONT)
+    first.wait_for("registered with the broker", count=2)
+    broker.wait_for(r"still runs 1 job\(s\) now run elsewhere")
+
+    waiting = client.submit("hold", str(tmp_path))
+    open_gate(tmp_path, taken, 2)  # the second worker frees its slot
+    started(second, waiting, 1)
+    assert worker_stats(client, first.pid)["running"] == 0
+
+    open_gate(tmp_path, taken, 1)  # the stale run ends: refused, the slot is free
+    broker.wait_for(r"ignored 1 stale report")
+    open_gate(tmp_path, waiting, 1)
+    assert client.result(waiting, timeout=10) == {"pid": second.pid, "attempt": 1}
+    assert client.result(taken, timeout=10) == {"pid": second.pid, "attempt": 2}
+    assert [w["running"] for w in client.stats()["workers"]] == [0, 0]
+
+
 def test_a_worker_given_back_the_job_it_still_runs_finishes_it_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
