@@ -91,21 +91,21 @@ def _keep_option(state: str, days: int) -> Callable[[Callable[..., Any]], Callab
 )
 @click.option(
     "--heartbeat",
-    type=float,
+    type=click.FloatRange(min=0.01),
     default=1.0,
     show_default=True,
     help="Seconds between heartbeats with workers.",
 )
 @click.option(
     "--liveness",
-    type=int,
+    type=click.IntRange(min=1),
     default=3,
     show_default=True,
     help="Missed heartbeats before a worker is declared lost.",
 )
 @click.option(
     "--lease",
-    type=float,
+    type=click.FloatRange(min=0.1),
     default=30.0,
     show_default=True,
     help="Seconds a claimed job's lease lasts unless its worker's heartbeats extend it.",
@@ -215,8 +215,20 @@ def migrate(url: str) -> None:
     help="Jobs held beyond those running, so a freed thread starts the next at once "
     "[default: the concurrency].",
 )
-@click.option("--heartbeat", type=float, default=1.0, show_default=True)
-@click.option("--liveness", type=int, default=3, show_default=True)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between heartbeats to the broker.",
+)
+@click.option(
+    "--liveness",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Broker heartbeats missed before the worker reconnects.",
+)
 @click.option(
     "--grace",
     type=float,

@@ -136,3 +136,29 @@ def test_cli_status_shows_the_job(cluster: Cluster) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert '"state": "done"' in shown.stdout and '"result": 3' in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--lease", "0"],
+        ["serve", "--heartbeat", "-1"],
+        ["serve", "--liveness", "0"],
+        ["worker", "examples.divide:jobs", "--heartbeat", "0"],
+        ["worker", "examples.divide:jobs", "--liveness", "0"],
+        ["worker", "examples.divide:jobs", "--prefetch", "-1"],
+    ],
+)
+def test_timing_options_out_of_range_are_refused_before_starting(argv: list[str]) -> None:
+    """A zero heartbeat would spin, a zero lease expire every job at once:
+    refused with the option named, exit code 2, nothing started."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "jobsd", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert ran.returncode == 2
+    assert f"Invalid value for '{argv[-2]}'" in ran.stderr
+    assert "Traceback" not in ran.stderr
