@@ -64,6 +64,27 @@ def main(log_level: str) -> None:
 # -- the broker -----------------------------------------------------------------
 
 
+def _heartbeat_options(
+    *, heartbeat: str, liveness: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--heartbeat`` and ``--liveness``, the same limits on both programs: a
+    zero heartbeat would spin the loops."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--liveness", type=click.IntRange(min=1), default=3, show_default=True, help=liveness
+        )(command)
+        return click.option(
+            "--heartbeat",
+            type=click.FloatRange(min=0.01),
+            default=1.0,
+            show_default=True,
+            help=heartbeat,
+        )(command)
+
+    return decorate
+
+
 def _keep_option(state: str, days: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
         f"--keep-{state}",
@@ -89,19 +110,9 @@ def _keep_option(state: str, days: int) -> Callable[[Callable[..., Any]], Callab
     help="Storage URL: memory://, sqlite:///path, postgresql://..., mysql+pymysql://... "
     "[default: sqlite:///jobsd.sqlite3]",
 )
-@click.option(
-    "--heartbeat",
-    type=click.FloatRange(min=0.01),
-    default=1.0,
-    show_default=True,
-    help="Seconds between heartbeats with workers.",
-)
-@click.option(
-    "--liveness",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Missed heartbeats before a worker is declared lost.",
+@_heartbeat_options(
+    heartbeat="Seconds between heartbeats with workers.",
+    liveness="Missed heartbeats before a worker is declared lost.",
 )
 @click.option(
     "--lease",
@@ -215,19 +226,9 @@ def migrate(url: str) -> None:
     help="Jobs held beyond those running, so a freed thread starts the next at once "
     "[default: the concurrency].",
 )
-@click.option(
-    "--heartbeat",
-    type=click.FloatRange(min=0.01),
-    default=1.0,
-    show_default=True,
-    help="Seconds between heartbeats to the broker.",
-)
-@click.option(
-    "--liveness",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Broker heartbeats missed before the worker reconnects.",
+@_heartbeat_options(
+    heartbeat="Seconds between heartbeats to the broker.",
+    liveness="Broker heartbeats missed before the worker reconnects.",
 )
 @click.option(
     "--grace",
