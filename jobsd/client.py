@@ -115,6 +115,9 @@ class Client:
 
     def submit(self, job: JobRef, *args: Any, **kwargs: Any) -> str:
         """Submit one job with these arguments and its type's defaults; return its id."""
+        if isinstance(job, str) and job:  # by name, no options: the wire form at once
+            wire = {"id": new_job_id(), "name": job, "args": _pack_args(args, kwargs)}
+            return str(self._request(protocol.SUBMIT, {"jobs": [wire]})["ids"][0])
         return self.submit_many([_request(job, args, kwargs)])[0].id
 
     def enqueue(
@@ -239,7 +242,7 @@ class Client:
             sock = self._socket(timeout_ms)
             protocol.send(sock, message)
             try:
-                frames = sock.recv_multipart()
+                frames = protocol.recv(sock)
             except zmq.Again:  # no reply within the receive timeout
                 self._discard_socket()
                 continue
@@ -323,7 +326,7 @@ def _to_submission(r: JobRequest) -> protocol.JobSubmission:
     return protocol.JobSubmission(
         id=r.job_id or new_job_id(),
         name=r.name,
-        args=protocol.pack([list(r.args), r.kwargs]),
+        args=_pack_args(r.args, r.kwargs),
         queue=r.queue,
         priority=r.priority,
         run_at=r.run_at,
@@ -333,3 +336,8 @@ def _to_submission(r: JobRequest) -> protocol.JobSubmission:
         timeout=r.timeout,
         unique_key=r.unique_key,
     )
+
+
+def _pack_args(args: Sequence[Any], kwargs: dict[str, Any]) -> bytes:
+    """A job's arguments as the protocol carries them: msgpack [args, kwargs]."""
+    return protocol.pack([list(args), kwargs])

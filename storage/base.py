@@ -102,9 +102,12 @@ class NewJob:
 
     def check(self) -> None:
         """``ValueError`` when a key field is longer than storage keeps."""
-        keys = (self.id, self.name, self.queue, self.unique_key)
-        longest = max(len(key or "") for key in keys)
-        if longest <= MAX_KEY_LENGTH:  # every job passes through here: the quick yes first
+        if (  # every job passes through here: the quick yes first
+            len(self.id or "") <= MAX_KEY_LENGTH
+            and len(self.name or "") <= MAX_KEY_LENGTH
+            and len(self.queue or "") <= MAX_KEY_LENGTH
+            and len(self.unique_key or "") <= MAX_KEY_LENGTH
+        ):
             return
         for name in ("id", "name", "queue", "unique_key"):
             value = getattr(self, name)

@@ -189,7 +189,7 @@ class Worker:
     def _receive(self, sock: zmq.Socket[Any]) -> None:
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = protocol.recv(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._last_heard = time.monotonic()
