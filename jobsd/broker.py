@@ -41,6 +41,8 @@ log = logging.getLogger("jobsd.broker")
 #: Messages handled in one loop turn at most, so timers and dispatch keep running.
 TURN_MESSAGES = 5000
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,8 @@ class Broker:
         self._stopping = False
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = itertools.count()
-        self._pending_reports = Turn()
+        # Reports a failed commit could not record, retried with the next turn.
+        self._pending_reports: Turn | None = None
         self._last_heartbeat: float | None = None
         self._handlers: dict[bytes, Callable[[bytes, Any, Turn], None]] = {
             protocol.SUBMIT: self._on_submit,
@@ -191,13 +194,20 @@ class Broker:
     # -- one loop turn --------------------------------------------------------------
 
     def _turn(self, sock: zmq.Socket[Any]) -> None:
+        """Handle every message that has arrived, then commit them together.
+        Whether another is waiting is asked of the socket (``EVENTS``) rather
+        than learnt from a failed receive: pyzmq raises ``Again`` for that,
+        and building the exception cost more than the rest of a one-message
+        turn's receiving."""
         turn = Turn()
         for _ in range(TURN_MESSAGES):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = protocol.recv(sock, _NOBLOCK)
             except zmq.Again:
                 break
             self._handle(frames, turn)
+            if not int(sock.get(_EVENTS)) & _POLLIN:
+                break
         self._commit(turn)
 
     def _handle(self, frames: list[bytes], turn: Turn) -> None:
@@ -249,16 +259,18 @@ class Broker:
             )
             for peer, _ in turn.submits:
                 self._send(peer, protocol.ERROR, protocol.error_body("storage_error", str(exc)))
-            self._pending_reports = Turn(
-                acks=turn.acks, fails=turn.fails, releases=turn.releases, confirms=turn.confirms
-            )
+            if turn.acks or turn.fails or turn.releases:
+                self._pending_reports = Turn(
+                    acks=turn.acks, fails=turn.fails, releases=turn.releases, confirms=turn.confirms
+                )
             self.maybe_ready.update(self._known_queues())  # claims made were undone
         else:
+            # Jobs first: a worker starts one while its producer reads the reply.
+            for session, jobs in claimed:
+                self._push(session, jobs)
             self._reply_added(turn.submits, added)
             for peer, seq in turn.confirms:
                 self._send(peer, protocol.CONFIRM, {"seq": seq})
-            for session, jobs in claimed:
-                self._push(session, jobs)
             try:
                 self._answer_waiters(finished)
             except StorageError as exc:  # the poll timer answers them later
@@ -287,7 +299,9 @@ class Broker:
             )
 
     def _merge_pending(self, turn: Turn) -> None:
-        pending, self._pending_reports = self._pending_reports, Turn()
+        pending, self._pending_reports = self._pending_reports, None
+        if pending is None:
+            return
         turn.acks[:0] = pending.acks
         turn.fails[:0] = pending.fails
         turn.releases[:0] = pending.releases
@@ -295,6 +309,8 @@ class Broker:
 
     def _commit_reports(self, turn: Turn, now: float) -> list[str]:
         """Apply acks, fails and releases; return the ids of jobs now final."""
+        if not (turn.acks or turn.fails or turn.releases):
+            return []
         outcomes: list[Outcome] = []
         outcomes += self.manager.complete(turn.acks, now)
         outcomes += self.manager.fail(turn.fails, self._running_record, now)
@@ -314,7 +330,7 @@ class Broker:
 
     def _pending_flush(self) -> None:
         """On stop: one last try to record reports that storage refused."""
-        if self._pending_reports.acks or self._pending_reports.fails:
+        if self._pending_reports is not None:
             try:
                 self._commit_reports(self._pending_reports, self.clock())
             except StorageError as exc:
@@ -673,7 +689,7 @@ class Broker:
         for deadline in (self.waiters.next_deadline(), self.cron.next_fire()):
             if deadline is not None:
                 candidates.append(deadline)
-        if self._pending_reports.acks or self._pending_reports.fails:
+        if self._pending_reports is not None:
             candidates.append(self.clock() + 0.1)
         return min(candidates)
 
@@ -684,7 +700,7 @@ class Broker:
                 if self.storage.promote(now):
                     self.maybe_ready.update(self._known_queues())
                 self._refresh_due()
-            if self._pending_reports.acks or self._pending_reports.fails:
+            if self._pending_reports is not None:
                 self._commit(Turn())
             fires = self.cron.due(now)
             if fires:
