@@ -32,7 +32,9 @@ DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 25
 
 
-@dataclass(frozen=True, slots=True)
+# Records marked "per job" are not frozen, for speed: see the note on mutable
+# records in jobsd/storage/base.py.
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Outcome:
     """What became of one reported attempt: ``accepted`` False for a stale
     report; ``final`` when the job reached done, dead or cancelled."""

@@ -245,7 +245,9 @@ def _tuple(item: Any, what: str, lengths: tuple[int, ...]) -> list[Any]:
 # -- messages ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Records marked "per job" are not frozen, for speed: see the note on mutable
+# records in jobsd/storage/base.py.
+@dataclass(slots=True)  # per job: see the note on mutable records
 class JobSubmission:
     """One job in a SUBMIT. ``None`` options take the job type's defaults."""
 
@@ -412,7 +414,7 @@ def _lease(job_id: Any, attempt: Any) -> tuple[str, int]:
     return job_id, attempt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Dispatch:
     """One job in a JOB batch, broker -> worker."""
 
@@ -439,7 +441,7 @@ def decode_jobs(body: Any) -> list[Dispatch]:
     return [Dispatch.from_wire(item) for item in Fields(body, "JOB").array("jobs")]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Ack:
     """A successful attempt, worker -> broker. ``result`` is msgpack bytes."""
 
@@ -475,7 +477,7 @@ FAIL_TIMEOUT = "timeout"  # over its time limit: retry by policy
 FAIL_KINDS = frozenset({FAIL_ERROR, FAIL_RETRY, FAIL_FINAL, FAIL_CANCELLED, FAIL_TIMEOUT})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Fail:
     job_id: str
     attempt: int

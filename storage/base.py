@@ -85,7 +85,13 @@ class SchemaError(StorageError):
     """The database schema is newer than this code, or otherwise unusable."""
 
 
-@dataclass(frozen=True, slots=True)
+# A note on mutable records: the types marked "per job" (here, in protocol.py
+# and in manager.py) are made for every job on the hot paths, so they are not
+# frozen. A frozen dataclass's __init__ sets each field through
+# object.__setattr__: 1.3 us against 0.2 us for ten fields here, a tenth of the
+# broker's work per submitted job. Nothing changes them after construction:
+# treat them as values.
+@dataclass(slots=True)  # per job: see the note on mutable records
 class NewJob:
     """A job as submitted. ``args`` is opaque msgpack: storage never decodes it."""
 
@@ -117,7 +123,7 @@ class NewJob:
                 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class AddResult:
     """``created`` is False when the id already existed, or when ``unique_key``
     matched an active job; ``job_id`` is then the existing job's id."""
@@ -163,7 +169,7 @@ class JobRecord:
 _record_fields = operator.attrgetter(*JobRecord.__dataclass_fields__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Lease:
     """Names one attempt of a running job: the fencing token."""
 
@@ -171,7 +177,7 @@ class Lease:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Completion:
     """A successful attempt. With ``reschedule_at`` the job is not done but runs
     again at that time as a fresh job (attempts reset), keeping its id."""
@@ -182,7 +188,7 @@ class Completion:
     reschedule_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per job: see the note on mutable records
 class Failure:
     """A failed attempt, with the broker's decision: run again at ``retry_at``,
     or, when ``retry_at`` is None, end in ``final_state``: DEAD or CANCELLED,
