@@ -458,6 +458,30 @@ def test_hostile_msgpack_raises_protocol_error_only() -> None:
         protocol.unpack(msgpack.packb(msgpack.ExtType(1, b"x")))
 
 
+def test_a_submission_of_three_fields_takes_defaults_and_options_are_still_checked() -> None:
+    """The decoder's quick path for the common submit (id, name, args and
+    nothing else) must not let a submit with options skip their checks."""
+    args = protocol.pack([[1], {}])
+    plain = protocol.JobSubmission.from_wire({"id": "a", "name": "n", "args": args})
+    assert plain == protocol.JobSubmission("a", "n", args)
+    with_options = {"id": "a", "name": "n", "args": args, "queue": "q", "priority": 7}
+    assert protocol.JobSubmission.from_wire(with_options).priority == 7
+    bad = [
+        ({"priority": 65536}, "priority"),
+        ({"queue": ""}, "queue"),
+        ({"delay": -1}, "delay"),
+        ({"backoff": "fast"}, "backoff"),
+    ]
+    for option, field in bad:
+        with pytest.raises(protocol.ProtocolError, match=field):
+            protocol.JobSubmission.from_wire({"id": "a", "name": "n", "args": args, **option})
+    for missing in ("id", "name", "args"):
+        item = {"id": "a", "name": "n", "args": args, "extra": 1}
+        del item[missing]
+        with pytest.raises(protocol.ProtocolError, match=missing):
+            protocol.JobSubmission.from_wire(item)
+
+
 cron_fields = st.sampled_from(["*", "0", "1", "59", "*/7", "1-5", "30", "31", "2", "1970", "2027"])
 cron_expressions = st.one_of(
     st.sampled_from(HOSTILE_CRON),
