@@ -41,8 +41,6 @@ log = logging.getLogger("jobsd.broker")
 #: Messages handled in one loop turn at most, so timers and dispatch keep running.
 TURN_MESSAGES = 5000
 _NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,20 +192,10 @@ class Broker:
     # -- one loop turn --------------------------------------------------------------
 
     def _turn(self, sock: zmq.Socket[Any]) -> None:
-        """Handle every message that has arrived, then commit them together.
-        Whether another is waiting is asked of the socket (``EVENTS``) rather
-        than learnt from a failed receive: pyzmq raises ``Again`` for that,
-        and building the exception cost more than the rest of a one-message
-        turn's receiving."""
+        """Handle every message that has arrived, then commit them together."""
         turn = Turn()
-        for _ in range(TURN_MESSAGES):
-            try:
-                frames = protocol.recv(sock, _NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in protocol.recv_waiting(sock, TURN_MESSAGES):
             self._handle(frames, turn)
-            if not int(sock.get(_EVENTS)) & _POLLIN:
-                break
         self._commit(turn)
 
     def _handle(self, frames: list[bytes], turn: Turn) -> None:

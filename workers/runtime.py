@@ -29,6 +29,8 @@ from jobsd.workers.registry import Registry
 
 log = logging.getLogger("jobsd.worker")
 _GONE = object()  # what ``running.get`` gives for a job no longer held
+#: Messages read at most before the loop goes on to send outcomes and heartbeats.
+RECEIVE_BURST = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +189,7 @@ class Worker:
     # -- from the broker ---------------------------------------------------------------
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        while True:
-            try:
-                frames = protocol.recv(sock, zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in protocol.recv_waiting(sock, RECEIVE_BURST):
             self._last_heard = time.monotonic()
             try:
                 command, body = protocol.decode(frames)
