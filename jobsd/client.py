@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import zmq
 
-from jobsd import protocol
+from jobsd import protocol as p
 from jobsd.errors import BrokerError, BrokerUnavailable, JobFailed, JobNotFound, ResultTimeout
+from jobsd.protocol import JobOptions, JobStatus
+from jobsd.vocabulary import MAX_BATCH
 from jobsd.workers.registry import JobDefinition, JobRequest
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7465"
 
 JobRef: TypeAlias = str | JobDefinition[Any, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,57 +37,6 @@ class Submitted:
 
     id: str
     created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class JobStatus:
-    """A job as the broker reports it. ``result`` is the decoded return value."""
-
-    id: str
-    name: str
-    queue: str
-    state: str
-    priority: int
-    attempts: int
-    max_attempts: int  # 0: no limit
-    run_at: float
-    created_at: float
-    updated_at: float
-    timeout: float | None
-    unique_key: str | None
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    result: Any
-    error: str | None
-    errors: tuple[dict[str, Any], ...] = ()
-
-    @classmethod
-    def from_view(cls, view: dict[str, Any]) -> JobStatus:
-        args, kwargs = protocol.unpack(view["args"])
-        result = view.get("result")
-        return cls(
-            id=view["id"],
-            name=view["name"],
-            queue=view["queue"],
-            state=view["state"],
-            priority=view["priority"],
-            attempts=view["attempts"],
-            max_attempts=view["max_attempts"],
-            run_at=view["run_at"],
-            created_at=view["created_at"],
-            updated_at=view["updated_at"],
-            timeout=view.get("timeout"),
-            unique_key=view.get("unique_key"),
-            args=tuple(args),
-            kwargs=kwargs,
-            result=protocol.unpack(result) if result is not None else None,
-            error=view.get("error"),
-            errors=tuple(view.get("errors") or ()),
-        )
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "dead", "cancelled")
 
 
 def new_job_id() -> str:
@@ -116,8 +68,9 @@ class Client:
     def submit(self, job: JobRef, *args: Any, **kwargs: Any) -> str:
         """Submit one job with these arguments and its type's defaults; return its id."""
         if isinstance(job, str) and job:  # by name, no options: the wire form at once
-            wire = {"id": new_job_id(), "name": job, "args": _pack_args(args, kwargs)}
-            return str(self._request(protocol.SUBMIT, {"jobs": [wire]})["ids"][0])
+            wire = {"id": new_job_id(), "name": job, "args": p.pack_args(args, kwargs)}
+            reply = self._request(p.SUBMIT, {"jobs": [wire]})
+            return self._read(p.read_submit_reply, reply, 1)[0][0]
         return self.submit_many([_request(job, args, kwargs)])[0].id
 
     def enqueue(
@@ -125,29 +78,36 @@ class Client:
         job: JobRef,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
         **options: Any,
     ) -> Submitted:
-        """Submit one job with per-submit options: ``queue``, ``priority``
-        (0-65535, lower first), ``delay`` (seconds) or ``run_at`` (epoch),
-        ``max_attempts`` (0: no limit), ``backoff``, ``timeout``,
-        ``unique_key``, ``job_id``."""
+        """Submit one job with per-submit options (the fields of
+        ``JobOptions``: ``queue``, ``priority`` 0-65535 with lower first,
+        ``delay`` in seconds or ``run_at`` in epoch seconds, ``max_attempts``
+        with 0 for no limit, ``backoff``, ``timeout``, ``unique_key``) over
+        the job type's, and an id of the caller's choosing (a resubmit with
+        the same id is stored once)."""
         base = _request(job, tuple(args), dict(kwargs or {}))
-        unknown = set(options) - _OPTION_NAMES
-        if unknown:
-            raise TypeError(f"unknown submit option(s): {', '.join(sorted(unknown))}")
-        fields = {name: getattr(base, name) for name in _REQUEST_FIELDS}
-        fields.update(options)
-        return self.submit_many([JobRequest(**fields)])[0]
+        request = JobRequest(
+            base.name, base.args, base.kwargs, options=base.options, job_id=job_id, **options
+        )
+        return self.submit_many([request])[0]
 
     def submit_many(self, requests: Iterable[JobRequest]) -> list[Submitted]:
         """Submit a batch in one round trip and one storage transaction."""
-        jobs = [_to_submission(r) for r in requests]
+        jobs = [
+            p.JobSubmission(
+                r.job_id or new_job_id(), r.name, p.pack_args(r.args, r.kwargs), r.options
+            )
+            for r in requests
+        ]
         results: list[Submitted] = []
-        for start in range(0, len(jobs), protocol.MAX_BATCH):
-            chunk = jobs[start : start + protocol.MAX_BATCH]
-            reply = self._request(protocol.SUBMIT, {"jobs": [j.to_wire() for j in chunk]})
+        for start in range(0, len(jobs), MAX_BATCH):
+            chunk = jobs[start : start + MAX_BATCH]
+            reply = self._request(p.SUBMIT, {"jobs": [j.to_wire() for j in chunk]})
             results += [
-                Submitted(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True)
+                Submitted(i, c) for i, c in self._read(p.read_submit_reply, reply, len(chunk))
             ]
         return results
 
@@ -156,17 +116,17 @@ class Client:
     def status(self, job_id: str, *, errors: bool = False) -> JobStatus | None:
         """The job's state, or None when there is no such job. With ``errors``,
         every failed attempt's error too."""
-        reply = self._request(protocol.GET, {"ids": [job_id], "errors": errors})
-        view = reply["jobs"][0]
-        return JobStatus.from_view(view) if view is not None else None
+        reply = self._request(p.GET, p.GetRequest([job_id], errors).to_wire())
+        return self._read(p.read_get_reply, reply, 1)[0]
 
     def wait(self, job_id: str, timeout: float) -> JobStatus:
         """Block until the job is finished or ``timeout`` seconds pass (the
         broker holds the request; nothing polls); return its status then."""
-        reply = self._request(protocol.WAIT, {"id": job_id, "timeout": timeout}, wait=timeout)
-        if reply["job"] is None:
+        reply = self._request(p.WAIT, p.WaitRequest(job_id, timeout).to_wire(), wait=timeout)
+        status = self._read(p.read_wait_reply, reply)
+        if status is None:
             raise JobNotFound(job_id)
-        return JobStatus.from_view(reply["job"])
+        return status
 
     def result(self, job_id: str, timeout: float = 60.0) -> Any:
         """The job's return value once it is done. Raises ``JobFailed`` (with
@@ -182,81 +142,95 @@ class Client:
     def list_jobs(
         self, queue: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[JobStatus]:
-        body: dict[str, Any] = {"limit": limit}
-        if queue:
-            body["queue"] = queue
-        if state:
-            body["state"] = state
-        return [JobStatus.from_view(v) for v in self._request(protocol.LIST, body)["jobs"]]
+        """The newest jobs (of a queue, in a state), newest first."""
+        return self.list_page(queue, state, limit)[0]
+
+    def list_page(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[JobStatus], str | None]:
+        """One page of jobs, newest first, and the cursor of the next page
+        (None after the last): pass it back to read on."""
+        reply = self._request(p.LIST, p.ListRequest(queue, state, limit, cursor).to_wire())
+        return self._read(p.read_list_reply, reply)
 
     def stats(self) -> dict[str, Any]:
         """Counts per queue and state, paused queues, connected workers."""
-        return dict(self._request(protocol.STATS, {}))
+        return dict(self._request(p.STATS, {}))
 
     def ping(self) -> bool:
-        return bool(self._request(protocol.PING, {})["pong"])
+        return bool(self._request(p.PING, {})["pong"])
 
     # -- changing ----------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or scheduled job (True), or ask a running one's
         handler to stop (False; it sees ``JobContext.cancelled``)."""
-        return bool(self._request(protocol.CANCEL, {"ids": [job_id]})["cancelled"][0])
+        return bool(self._request(p.CANCEL, p.IdsRequest([job_id]).to_wire())["cancelled"][0])
 
     def retry(self, job_id: str) -> bool:
         """Run a dead or cancelled job again, attempts reset."""
-        return bool(self._request(protocol.RETRY, {"ids": [job_id]})["retried"][0])
+        return bool(self._request(p.RETRY, p.RetryRequest([job_id]).to_wire())["retried"][0])
 
     def retry_dead(self, queue: str | None = None) -> int:
-        body: dict[str, Any] = {"all_dead": True}
-        if queue:
-            body["queue"] = queue
-        return sum(self._request(protocol.RETRY, body)["retried"])
+        """Run every dead job (of ``queue``) again; return how many."""
+        return sum(self._request(p.RETRY, p.RetryRequest([], True, queue).to_wire())["retried"])
 
     def delete(self, job_ids: Sequence[str]) -> int:
         """Delete finished jobs (done, dead, cancelled); return how many."""
-        return int(self._request(protocol.DELETE, {"ids": list(job_ids)})["deleted"])
+        return int(self._request(p.DELETE, p.IdsRequest(list(job_ids)).to_wire())["deleted"])
 
     def pause(self, queue: str) -> None:
         """Stop dispatching from a queue; submits are still accepted."""
-        self._request(protocol.PAUSE, {"queue": queue})
+        self._request(p.PAUSE, p.QueueRequest(queue).to_wire())
 
     def resume(self, queue: str) -> None:
-        self._request(protocol.RESUME, {"queue": queue})
+        self._request(p.RESUME, p.QueueRequest(queue).to_wire())
 
     def purge(self, states: Sequence[str] = (), older_than: float = 0.0) -> int:
         """Delete finished jobs in ``states`` (all final states by default)
         last changed more than ``older_than`` seconds ago."""
-        body: dict[str, Any] = {"older_than": older_than}
-        if states:
-            body["states"] = list(states)
-        return int(self._request(protocol.PURGE, body)["purged"])
+        body = p.PurgeRequest(list(states), older_than).to_wire()
+        return int(self._request(p.PURGE, body)["purged"])
 
     # -- the socket ----------------------------------------------------------------------
 
     def _request(self, command: bytes, body: Any, wait: float = 0.0) -> Any:
         """Send, await the reply; on silence, reopen the socket and resend."""
-        message = protocol.encode(command, body)[1:]  # REQ adds the empty frame
+        message = p.encode(command, body)[1:]  # REQ adds the empty frame
         timeout_ms = int((self.timeout + wait) * 1000)
         for _ in range(self.retries):
             sock = self._socket(timeout_ms)
-            protocol.send(sock, message)
+            p.send(sock, message)
             try:
-                frames = protocol.recv(sock)
+                frames = p.recv(sock)
             except zmq.Again:  # no reply within the receive timeout
                 self._discard_socket()
                 continue
             try:
-                reply, reply_body = protocol.decode([b"", *frames])
-            except protocol.ProtocolError as exc:
+                reply, reply_body = p.decode([b"", *frames])
+            except p.ProtocolError as exc:
                 raise BrokerError("bad_reply", str(exc)) from None
-            if reply == protocol.ERROR:
-                raise BrokerError(str(reply_body.get("code")), str(reply_body.get("message")))
+            if reply == p.ERROR:
+                error = reply_body if isinstance(reply_body, dict) else {}
+                raise BrokerError(str(error.get("code", "bad_reply")), str(error.get("message")))
             return reply_body
         raise BrokerUnavailable(
             f"no reply from the broker at {self.endpoint} after {self.retries} tries "
             f"of {self.timeout + wait:.1f} s"
         )
+
+    @staticmethod
+    def _read(reader: Callable[..., T], *args: Any) -> T:
+        """A reply read by the protocol: one the client cannot read is the
+        broker's error, never a crash of the caller's."""
+        try:
+            return reader(*args)
+        except p.ProtocolError as exc:
+            raise BrokerError("bad_reply", str(exc)) from None
 
     def _socket(self, timeout_ms: int) -> zmq.Socket[Any]:
         """This thread's REQ socket, its receive timeout set to ``timeout_ms``
@@ -306,10 +280,6 @@ class Client:
         self.close()
 
 
-_REQUEST_FIELDS = tuple(JobRequest.__dataclass_fields__)
-_OPTION_NAMES = frozenset(_REQUEST_FIELDS) - {"name", "args", "kwargs"}
-
-
 def _request(job: JobRef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobRequest:
     if isinstance(job, JobDefinition):
         return job.request(*args, **kwargs)
@@ -318,26 +288,4 @@ def _request(job: JobRef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobR
     return JobRequest(job, args, kwargs)
 
 
-def _to_submission(r: JobRequest) -> protocol.JobSubmission:
-    if r.delay is not None and r.run_at is not None:
-        raise ValueError("give delay or run_at, not both")
-    if r.priority is not None and not 0 <= r.priority <= 65535:
-        raise ValueError("priority must be within 0..65535 (lower runs first)")
-    return protocol.JobSubmission(
-        id=r.job_id or new_job_id(),
-        name=r.name,
-        args=_pack_args(r.args, r.kwargs),
-        queue=r.queue,
-        priority=r.priority,
-        run_at=r.run_at,
-        delay=r.delay,
-        max_attempts=r.max_attempts,
-        backoff=r.backoff.to_wire() if r.backoff else None,
-        timeout=r.timeout,
-        unique_key=r.unique_key,
-    )
-
-
-def _pack_args(args: Sequence[Any], kwargs: dict[str, Any]) -> bytes:
-    """A job's arguments as the protocol carries them: msgpack [args, kwargs]."""
-    return protocol.pack([list(args), kwargs])
+__all__ = ["DEFAULT_ENDPOINT", "Client", "JobOptions", "JobStatus", "Submitted", "new_job_id"]

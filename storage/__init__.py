@@ -1,36 +1,25 @@
-"""Pluggable job storage: the contract and its backends, chosen by URL.
+"""Pluggable job storage: the contract, its rules and its backends, chosen by URL.
 
 ``memory://`` keeps jobs in the broker process; ``sqlite:///path``,
-``postgresql://...`` and ``mysql+pymysql://...`` go through SQLAlchemy.
+``postgresql://...`` and ``mysql+pymysql://...`` go through SQLAlchemy
+(``jobsd.storage.sql``). ``base`` is the contract, ``records`` the values
+that cross it, ``rules`` where a job goes, ``contract`` the suite that holds a
+backend to it.
 """
 
 from __future__ import annotations
 
-from jobsd.storage.base import (
-    ACTIVE_STATES,
-    CANCELLED,
-    DEAD,
-    DEFAULT_PRIORITY,
-    DONE,
-    FINAL_STATES,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    READY,
-    RUNNING,
-    SCHEDULED,
-    STATES,
+from jobsd.storage.base import SchemaError, Storage, StorageError
+from jobsd.storage.records import (
     AddResult,
     AttemptError,
-    Completion,
-    Failure,
+    Grant,
     JobRecord,
     Lease,
     NewJob,
     QueueStats,
-    SchemaError,
-    Storage,
-    StorageError,
 )
+from jobsd.storage.rules import Transition
 
 #: Where ``jobsd serve`` keeps jobs when no storage URL is given: durable, and
 #: nothing to install.
@@ -53,23 +42,10 @@ def open_storage(url: str) -> Storage:
 
 
 __all__ = [
-    "ACTIVE_STATES",
-    "CANCELLED",
-    "DEAD",
-    "DEFAULT_PRIORITY",
     "DEFAULT_URL",
-    "DONE",
-    "FINAL_STATES",
-    "MAX_PRIORITY",
-    "MIN_PRIORITY",
-    "READY",
-    "RUNNING",
-    "SCHEDULED",
-    "STATES",
     "AddResult",
     "AttemptError",
-    "Completion",
-    "Failure",
+    "Grant",
     "JobRecord",
     "Lease",
     "NewJob",
@@ -77,5 +53,6 @@ __all__ = [
     "SchemaError",
     "Storage",
     "StorageError",
+    "Transition",
     "open_storage",
 ]

@@ -12,27 +12,25 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from jobsd.storage.base import (
-    CANCELLED,
-    DEAD,
-    DONE,
-    FINAL_STATES,
-    READY,
-    RUNNING,
-    SCHEDULED,
+from jobsd.storage.base import Storage
+from jobsd.storage.records import (
     AddResult,
     AttemptError,
-    Completion,
-    Failure,
+    Grant,
     JobRecord,
     Lease,
     NewJob,
     QueueStats,
-    Storage,
 )
+from jobsd.storage.rules import DELETABLE, GIVE_BACK, RESET, Transition, waiting
+from jobsd.vocabulary import ACTIVE_STATES, DONE, READY, RUNNING, SCHEDULED
 
 
 class MemoryStorage(Storage):
+    transactional = False
+    shared = False
+    concurrent = False
+
     def __init__(self) -> None:
         self.url = "memory://"
         self._jobs: dict[str, JobRecord] = {}
@@ -44,32 +42,37 @@ class MemoryStorage(Storage):
         self._paused: set[str] = set()
         self._seq = itertools.count(1)
 
-    # -- internal moves between states ---------------------------------------
+    # -- moves between states ------------------------------------------------
 
-    def _make_ready(self, job: JobRecord, now: float) -> None:
-        job.state = READY
-        job.updated_at = now
-        heapq.heappush(self._ready[job.queue], (job.priority, job.run_at, job.seq, job.id))
-
-    def _schedule(self, job: JobRecord, run_at: float, now: float) -> None:
-        job.run_at = run_at
-        if run_at <= now:
-            self._make_ready(job, now)
-            return
-        job.state = SCHEDULED
-        job.updated_at = now
-        heapq.heappush(self._scheduled, (run_at, job.seq, job.id))
-
-    def _finish(self, job: JobRecord, state: str, now: float) -> None:
+    def _place(self, job: JobRecord, state: str, run_at: float, now: float) -> None:
+        """Into ready or scheduled, on the heap that stands for that state."""
         job.state = state
+        job.run_at = run_at
+        job.updated_at = now
+        if state == READY:
+            heapq.heappush(self._ready[job.queue], (job.priority, run_at, job.seq, job.id))
+        else:
+            heapq.heappush(self._scheduled, (run_at, job.seq, job.id))
+
+    def _apply(self, job: JobRecord, to: Transition, now: float) -> None:
+        if to.error is not None:
+            job.error = to.error
+            self._errors[job.id].append(AttemptError(job.attempts, now, to.error))
+        elif to.clear_error:
+            job.error = None
+        if to.attempts == RESET:
+            job.attempts = 0
+        elif to.attempts == GIVE_BACK:
+            job.attempts -= 1
+        if to.state == DONE:
+            job.result = to.result
+        if to.keeps_key:
+            self._place(job, to.state, job.run_at if to.run_at is None else to.run_at, now)
+            return
+        job.state = to.state
         job.updated_at = now
         if job.unique_key is not None and self._active_keys.get(job.unique_key) == job.id:
             del self._active_keys[job.unique_key]
-
-    def _leave_running(self, job: JobRecord) -> None:
-        self._running.pop(job.id, None)
-        job.lease_until = None
-        job.worker = None
 
     def _stale_ready(self, entry: tuple[int, float, int, str]) -> bool:
         """A ready-heap entry whose job is no longer ready, or was made ready
@@ -77,17 +80,9 @@ class MemoryStorage(Storage):
         job = self._jobs.get(entry[3], _GONE)
         return job.state != READY or job.run_at != entry[1]
 
-    def _current(self, lease: Lease) -> JobRecord | None:
-        job = self._running.get(lease.job_id)
-        if job is None or job.attempts != lease.attempt:
-            return None
-        return job
-
     # -- producers -----------------------------------------------------------
 
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
-        for new in jobs:
-            new.check()
         results = []
         for new in jobs:
             if new.id in self._jobs:
@@ -103,7 +98,7 @@ class MemoryStorage(Storage):
                 new.queue,
                 new.args,
                 new.priority,
-                SCHEDULED,  # state
+                SCHEDULED,  # state, until placed
                 new.run_at,
                 0,  # attempts
                 new.max_attempts,
@@ -117,15 +112,13 @@ class MemoryStorage(Storage):
             self._jobs[job.id] = job
             if job.unique_key is not None:
                 self._active_keys[job.unique_key] = job.id
-            self._schedule(job, new.run_at, now)
+            self._place(job, waiting(new.run_at, now), new.run_at, now)
             results.append(AddResult(job.id, True))
         return results
 
-    # -- dispatch ------------------------------------------------------------
+    # -- running jobs --------------------------------------------------------
 
-    def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker: str
-    ) -> list[JobRecord]:
+    def claim(self, queues: Sequence[str], limit: int, now: float, grant: Grant) -> list[JobRecord]:
         heads = [q for q in dict.fromkeys(queues) if q not in self._paused]
         claimed: list[JobRecord] = []
         while len(claimed) < limit:
@@ -143,78 +136,52 @@ class MemoryStorage(Storage):
             job = self._jobs[best[3]]
             job.state = RUNNING
             job.attempts += 1
-            job.lease_until = lease_until
-            job.worker = worker
+            job.lease = grant.token
+            job.lease_until = grant.until
+            job.worker = grant.worker
+            job.broker = grant.broker
             job.updated_at = now
             self._running[job.id] = job
             claimed.append(job.copy())
         return claimed
 
-    def complete(self, completions: Sequence[Completion], now: float) -> list[bool]:
+    def _holding(self, lease: Lease) -> JobRecord | None:
+        job = self._running.get(lease.job_id)
+        if job is None or job.lease != lease.token:
+            return None
+        if lease.worker is not None and job.worker != lease.worker:
+            return None
+        return job
+
+    def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         results = []
-        for done in completions:
-            job = self._current(Lease(done.job_id, done.attempt))
-            if job is None:
-                results.append(False)
-                continue
-            self._leave_running(job)
-            if done.reschedule_at is not None:
-                job.attempts = 0
-                job.error = None
-                self._schedule(job, done.reschedule_at, now)
-            else:
-                job.result = done.result
-                self._finish(job, DONE, now)
-            results.append(True)
+        for lease, to in ends:
+            job = self._holding(lease)
+            if job is not None:
+                del self._running[job.id]
+                job.lease = job.lease_until = job.worker = job.broker = None
+                self._apply(job, to, now)
+            results.append(job is not None)
         return results
 
-    def fail(self, failures: Sequence[Failure], now: float) -> list[bool]:
-        results = []
-        for failure in failures:
-            job = self._current(Lease(failure.job_id, failure.attempt))
-            if job is None:
-                results.append(False)
-                continue
-            self._leave_running(job)
-            job.error = failure.error
-            self._errors[job.id].append(AttemptError(failure.attempt, now, failure.error))
-            if failure.retry_at is not None:
-                self._schedule(job, failure.retry_at, now)
-            else:
-                self._finish(job, failure.final_state, now)
-            results.append(True)
-        return results
-
-    def release(self, leases: Sequence[Lease], now: float) -> list[bool]:
+    def extend_leases(self, leases: Sequence[Lease], until: float, broker: str) -> list[bool]:
         results = []
         for lease in leases:
-            job = self._current(lease)
-            if job is None:
-                results.append(False)
-                continue
-            self._leave_running(job)
-            job.attempts -= 1
-            self._make_ready(job, now)
-            results.append(True)
-        return results
-
-    def extend_leases(self, leases: Sequence[Lease], until: float) -> list[bool]:
-        results = []
-        for lease in leases:
-            job = self._current(lease)
+            job = self._holding(lease)
             if job is not None:
                 job.lease_until = until
+                job.broker = broker
             results.append(job is not None)
         return results
 
     def expired(self, now: float, limit: int = 1000) -> list[JobRecord]:
-        late = [
-            job.copy()
-            for job in self._running.values()
-            if job.lease_until is not None and job.lease_until < now
-        ]
+        late = [job for job in self._running.values() if (job.lease_until or 0.0) < now]
         late.sort(key=lambda job: (job.lease_until or 0.0, job.seq))
-        return late[:limit]
+        return [job.copy() for job in late[:limit]]
+
+    def running(self, broker: str, limit: int = 1000) -> list[JobRecord]:
+        held = [job for job in self._running.values() if job.broker == broker]
+        return [job.copy() for job in sorted(held, key=lambda job: job.seq)[:limit]]
 
     def promote(self, now: float) -> int:
         promoted = 0
@@ -223,7 +190,7 @@ class MemoryStorage(Storage):
             job = self._jobs.get(job_id)
             if job is None or job.state != SCHEDULED or job.run_at != run_at:
                 continue
-            self._make_ready(job, now)
+            self._place(job, READY, run_at, now)
             promoted += 1
         return promoted
 
@@ -237,7 +204,57 @@ class MemoryStorage(Storage):
             heapq.heappop(heap)
         return None
 
-    # -- inspection and administration ---------------------------------------
+    # -- operators -----------------------------------------------------------
+
+    def move(
+        self, job_ids: Sequence[str], accepts: frozenset[str], to: Transition, now: float
+    ) -> list[bool]:
+        results = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            ok = job is not None and job.state in accepts
+            if job is not None and ok and job.unique_key is not None:
+                if to.keeps_key and job.state not in ACTIVE_STATES:
+                    ok = job.unique_key not in self._active_keys
+                    if ok:
+                        self._active_keys[job.unique_key] = job.id
+            if job is not None and ok:
+                self._apply(job, to, now)
+            results.append(ok)
+        return results
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        return self._delete(
+            job_id
+            for job_id in dict.fromkeys(job_ids)  # an id named twice is deleted once
+            if self._jobs.get(job_id, _GONE).state in DELETABLE
+        )
+
+    def purge(self, states: Iterable[str], finished_before: float) -> int:
+        wanted = set(states) & DELETABLE
+        return self._delete(
+            [
+                job.id
+                for job in self._jobs.values()
+                if job.state in wanted and job.updated_at < finished_before
+            ]
+        )
+
+    def _delete(self, job_ids: Iterable[str]) -> int:
+        deleted = 0
+        for job_id in list(job_ids):
+            del self._jobs[job_id]
+            self._errors.pop(job_id, None)
+            deleted += 1
+        return deleted
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self._paused.add(queue)
+        else:
+            self._paused.discard(queue)
+
+    # -- queries -------------------------------------------------------------
 
     def get(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         return {i: self._jobs[i].copy() for i in job_ids if i in self._jobs}
@@ -270,83 +287,9 @@ class MemoryStorage(Storage):
             stats.setdefault(queue, QueueStats()).paused = True
         return stats
 
-    def cancel(self, job_ids: Sequence[str], now: float) -> list[bool]:
-        results = []
-        for job_id in job_ids:
-            job = self._jobs.get(job_id)
-            ok = job is not None and job.state in (SCHEDULED, READY)
-            if job is not None and ok:
-                self._finish(job, CANCELLED, now)
-            results.append(ok)
-        return results
-
-    def retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
-        results = []
-        for job_id in job_ids:
-            job = self._jobs.get(job_id)
-            if job is None or job.state not in (DEAD, CANCELLED):
-                results.append(False)
-                continue
-            ok = job.unique_key is None or job.unique_key not in self._active_keys
-            if ok and job.unique_key is not None:
-                self._active_keys[job.unique_key] = job.id
-            if ok:
-                job.attempts = 0
-                job.run_at = now
-                self._make_ready(job, now)
-            results.append(ok)
-        return results
-
-    def delete(self, job_ids: Sequence[str]) -> int:
-        return self._delete(
-            job_id
-            for job_id in dict.fromkeys(job_ids)  # an id named twice is deleted once
-            if self._jobs.get(job_id, _GONE).state in FINAL_STATES
-        )
-
-    def purge(self, states: Iterable[str], finished_before: float) -> int:
-        wanted = set(states) & FINAL_STATES
-        return self._delete(
-            [
-                job.id
-                for job in self._jobs.values()
-                if job.state in wanted and job.updated_at < finished_before
-            ]
-        )
-
-    def _delete(self, job_ids: Iterable[str]) -> int:
-        deleted = 0
-        for job_id in list(job_ids):
-            del self._jobs[job_id]
-            self._errors.pop(job_id, None)
-            deleted += 1
-        return deleted
-
-    def set_paused(self, queue: str, paused: bool) -> None:
-        if paused:
-            self._paused.add(queue)
-        else:
-            self._paused.discard(queue)
-
     def paused_queues(self) -> set[str]:
         return set(self._paused)
 
 
 # A stand-in for a missing job in lazy-deletion checks: in no state at all.
-_GONE = JobRecord(
-    id="",
-    name="",
-    queue="",
-    args=b"",
-    priority=0,
-    state="",
-    run_at=0.0,
-    attempts=0,
-    max_attempts=None,
-    backoff=None,
-    timeout=None,
-    unique_key=None,
-    seq=0,
-    created_at=0.0,
-    updated_at=0.0,
-)
+_GONE = JobRecord("", "", "", b"", 0, "", 0.0, 0, None, None, None, None, 0, 0.0, 0.0)

@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 
 from jobsd.storage import Storage
 from jobsd.storage.memory import MemoryStorage
-from jobsd.storage.schema import metadata
 from jobsd.storage.sql import SQLStorage
+from jobsd.storage.sql.schema import metadata
 
 POSTGRES_URL = os.environ.get(
     "JOBSD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobsd import Client, JobRequest, JobsdError
+from jobsd.storage.sql import SCHEMA_VERSION
 from tests.conftest import REPO, Cluster
 
 pytest_plugins = ["tests.storage_backends"]
@@ -141,7 +142,8 @@ def test_migrate_then_refuse_a_newer_schema(tmp_path: Path) -> None:
     migrated = subprocess.run(
         [*jobsd, "migrate", f"sqlite:///{db}"], capture_output=True, text=True, cwd=REPO, timeout=30
     )
-    assert (migrated.returncode, migrated.stdout.strip()) == (0, "schema at version 1 (was 0)")
+    expected = f"schema at version {SCHEMA_VERSION} (was 0)"
+    assert (migrated.returncode, migrated.stdout.strip()) == (0, expected)
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE jobsd_meta SET value = '99' WHERE key = 'schema_version'")
     started = subprocess.run(

@@ -341,8 +341,8 @@ def test_a_stopping_worker_hands_back_jobs_it_has_not_started(
         assert hello["capacity"] == 4 and hello["running"] == []
         broker.send(protocol.WELCOME, {"heartbeat": 1.0, "liveness": 3})
         args = protocol.pack([[str(tmp_path)], {}])
-        running = protocol.Dispatch("running-job", "hold", "default", 1, args, None)
-        late = protocol.Dispatch("late-job", "hold", "default", 3, args, None)
+        running = protocol.Dispatch("running-job", "hold", "default", 1, args, None, "lease-1")
+        late = protocol.Dispatch("late-job", "hold", "default", 3, args, None, "lease-2")
         broker.send(protocol.JOB, {"jobs": [running.to_wire()]})
         started(busy, running.id, 1)
 
@@ -350,13 +350,13 @@ def test_a_stopping_worker_hands_back_jobs_it_has_not_started(
         broker.recv(protocol.BYE)
         broker.send(protocol.JOB, {"jobs": [late.to_wire()]})
         release = broker.recv(protocol.RELEASE)
-        assert release["jobs"] == [[late.id, late.attempt]]
+        assert release["jobs"] == [[late.id, late.lease]]
         broker.send(protocol.CONFIRM, {"seq": release["seq"]})
         busy.wait_for(r"handing back 1 job\(s\) not started")
 
         open_gate(tmp_path, running.id, 1)
         ack = broker.recv(protocol.ACK)
-        assert [item[:2] for item in ack["acks"]] == [[running.id, 1]]
+        assert [item[:2] for item in ack["acks"]] == [[running.id, running.lease]]
         broker.send(protocol.CONFIRM, {"seq": ack["seq"]})
         assert busy.proc.wait(10) == 0
         assert f"job-started {late.id}" not in busy.output()

@@ -1,10 +1,12 @@
-"""The worker runtime: job definitions, the executor that runs them, and the
-process that talks to the broker. Installed as ``jobsd.workers``."""
+"""The worker runtime, installed as ``jobsd.workers``: ``registry`` (job
+definitions), ``executor`` (threads and an event loop that run jobs),
+``runtime`` (the process's one connection to the broker), ``outbox``
+(reports kept until confirmed) and ``supervisor`` (``--processes N``)."""
 
+from jobsd.protocol import JobOptions
 from jobsd.workers.registry import (
     JobCancelled,
     JobDefinition,
-    JobOptions,
     JobRequest,
     Registry,
     Reschedule,

@@ -19,12 +19,24 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsd import protocol
+from jobsd.protocol import (
+    FAIL_CANCELLED,
+    FAIL_ERROR,
+    FAIL_FINAL,
+    FAIL_RETRY,
+    FAIL_TIMEOUT,
+    MAX_RESULT_BYTES,
+    Ack,
+    Dispatch,
+    Fail,
+    pack,
+    unpack_args,
+)
 from jobsd.workers.registry import JobCancelled, Registry, Reschedule, Retry
 
 log = logging.getLogger("jobsd.worker")
 
-Report = protocol.Ack | protocol.Fail
+Report = Ack | Fail
 
 
 @dataclass(eq=False)
@@ -57,7 +69,7 @@ class JobContext:
 class Running:
     """A job this worker holds: started, or waiting for a thread."""
 
-    job: protocol.Dispatch
+    job: Dispatch
     context: JobContext
     started: float | None = None
     task: asyncio.Future[Any] | None = None
@@ -131,15 +143,8 @@ class Executor:
         definition = self.registry.definitions.get(job.name)
         if definition is None:
             known = ", ".join(sorted(self.registry.definitions)) or "none"
-            self._report(
-                running,
-                protocol.Fail(
-                    job.id,
-                    job.attempt,
-                    f"UnknownJob: no job named {job.name!r} on this worker (it knows: {known})",
-                    protocol.FAIL_FINAL,
-                ),
-            )
+            error = f"UnknownJob: no job named {job.name!r} on this worker (it knows: {known})"
+            self._report(running, Fail(job.id, job.lease, error, FAIL_FINAL))
             return
         if definition.is_async:
             self._start_async(running)
@@ -200,7 +205,7 @@ class Executor:
     def _run_sync(self, running: Running) -> Report:
         definition = self.registry.definitions[running.job.name]
         try:
-            args, kwargs = _decode_args(running.job.args)
+            args, kwargs = unpack_args(running.job.args)
             if definition.pass_context:
                 args = [running.context, *args]
             return self._success(running, definition.func(*args, **kwargs))
@@ -215,7 +220,7 @@ class Executor:
     async def _run_async(self, running: Running) -> None:
         definition = self.registry.definitions[running.job.name]
         try:
-            args, kwargs = _decode_args(running.job.args)
+            args, kwargs = unpack_args(running.job.args)
             if definition.pass_context:
                 args = [running.context, *args]
             coro = definition.func(*args, **kwargs)
@@ -247,12 +252,20 @@ class Executor:
         job = running.job
         if isinstance(result, Reschedule):
             at = result.at if result.at is not None else time.time() + (result.delay or 0.0)
-            return protocol.Ack(job.id, job.attempt, None, at)
+            return Ack(job.id, job.lease, None, at)
         try:
-            packed = protocol.pack(result)
+            packed = pack(result)
         except (TypeError, ValueError, OverflowError) as exc:
             return _failure(running, TypeError(f"the job's return value cannot be stored: {exc}"))
-        return protocol.Ack(job.id, job.attempt, packed)
+        if len(packed) > MAX_RESULT_BYTES:
+            # A report over the broker's message limit would be dropped unread,
+            # and the job would wait for its lease: say so, once, now.
+            error = (
+                f"ResultTooLarge: the return value is {len(packed)} bytes encoded, "
+                f"over the {MAX_RESULT_BYTES} a report can carry"
+            )
+            return Fail(job.id, job.lease, error, FAIL_FINAL)
+        return Ack(job.id, job.lease, packed)
 
     def _report(self, running: Running, report: Report) -> None:
         self.outcomes.put((running, report))
@@ -267,35 +280,19 @@ class Executor:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def _decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
-    payload = protocol.unpack(data)
-    if (
-        not isinstance(payload, list)
-        or len(payload) != 2
-        or not isinstance(payload[0], list)
-        or not isinstance(payload[1], dict)
-    ):
-        raise TypeError("job args must be msgpack [args array, kwargs map]")
-    return payload[0], payload[1]
-
-
-def _failure(running: Running, exc: BaseException) -> protocol.Fail:
+def _failure(running: Running, exc: BaseException) -> Fail:
     job = running.job
     if isinstance(exc, Retry):
         at = exc.at if exc.at is not None else time.time() + (exc.delay or 0.0)
-        return protocol.Fail(job.id, job.attempt, str(exc), protocol.FAIL_RETRY, at)
+        return Fail(job.id, job.lease, str(exc), FAIL_RETRY, at)
     if isinstance(exc, JobCancelled):
-        return protocol.Fail(job.id, job.attempt, f"JobCancelled: {exc}", protocol.FAIL_CANCELLED)
+        return Fail(job.id, job.lease, f"JobCancelled: {exc}", FAIL_CANCELLED)
     text = "".join(traceback.format_exception(exc)).strip()
-    return protocol.Fail(job.id, job.attempt, text, protocol.FAIL_ERROR)
+    return Fail(job.id, job.lease, text, FAIL_ERROR)
 
 
-def timed_out(running: Running) -> protocol.Fail:
+def timed_out(running: Running) -> Fail:
     """The report for a job over its time limit."""
     job = running.job
-    return protocol.Fail(
-        job.id,
-        job.attempt,
-        f"JobTimeout: ran longer than its time limit of {job.timeout} s",
-        protocol.FAIL_TIMEOUT,
-    )
+    error = f"JobTimeout: ran longer than its time limit of {job.timeout} s"
+    return Fail(job.id, job.lease, error, FAIL_TIMEOUT)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from jobsd import protocol
-from jobsd.backoff import Backoff
+from jobsd.protocol import NO_OPTIONS, Backoff, JobOptions, Schedule, pack, pack_args
+from jobsd.vocabulary import DEFAULT_QUEUE
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,44 +46,42 @@ class Reschedule:
     at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class JobOptions:
-    """Per-type defaults, each overridable per submit. ``None`` means the
-    broker's default (queue ``default``, priority 32768, 25 attempts,
-    exponential backoff with jitter, no time limit). ``max_attempts=0``: no limit."""
-
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    backoff: Backoff | None = None
-    timeout: float | None = None
-
-    def to_job_type(self) -> protocol.JobType:
-        return protocol.JobType(
-            queue=self.queue,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            backoff=self.backoff.to_wire() if self.backoff else None,
-            timeout=self.timeout,
-        )
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class JobRequest:
-    """One job to submit: a name, arguments and per-submit options."""
+    """One job to submit: a name, arguments, its options and, to make a
+    resubmit recognisable, an id of the caller's choosing.
+
+    Options are given as keywords (``JobRequest("report", (2026,),
+    priority=10)``: any field of ``JobOptions``) over ``options``; a value
+    out of range raises ``ProtocolError`` (a ValueError) here, an unknown
+    option TypeError."""
 
     name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    priority: int | None = None
-    delay: float | None = None
-    run_at: float | None = None
-    max_attempts: int | None = None
-    backoff: Backoff | None = None
-    timeout: float | None = None
-    unique_key: str | None = None
-    job_id: str | None = None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: JobOptions
+    job_id: str | None
+
+    def __init__(
+        self,
+        name: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        options: JobOptions = NO_OPTIONS,
+        job_id: str | None = None,
+        **option_values: Any,
+    ) -> None:
+        if option_values:
+            options = JobOptions(**option_values).merged_over(options)
+        for key, value in (
+            ("name", name),
+            ("args", tuple(args)),
+            ("kwargs", dict(kwargs or {})),
+            ("options", options),
+            ("job_id", job_id),
+        ):
+            object.__setattr__(self, key, value)
 
 
 class JobDefinition(Generic[P, R]):
@@ -111,18 +109,10 @@ class JobDefinition(Generic[P, R]):
         return self.func(*args, **kwargs)  # type: ignore[no-any-return]
 
     def request(self, *args: P.args, **kwargs: P.kwargs) -> JobRequest:
-        o = self.options
-        return JobRequest(
-            name=self.name,
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            queue=o.queue,
-            priority=o.priority,
-            max_attempts=o.max_attempts,
-            backoff=o.backoff,
-            timeout=o.timeout,
-            unique_key=self.unique(*args, **kwargs) if self.unique else None,
-        )
+        options = self.options
+        if self.unique is not None:
+            options = JobOptions(unique_key=self.unique(*args, **kwargs)).merged_over(options)
+        return JobRequest(self.name, tuple(args), dict(kwargs), options=options)
 
     def __repr__(self) -> str:
         return f"<job {self.name!r} {self.options}>"
@@ -132,7 +122,7 @@ def args_key(name: str) -> Callable[..., str]:
     """A unique key from the job's name and arguments: equal calls are one job."""
 
     def key(*args: Any, **kwargs: Any) -> str:
-        digest = hashlib.sha256(protocol.pack([args, sorted(kwargs.items())])).hexdigest()
+        digest = hashlib.sha256(pack([args, sorted(kwargs.items())])).hexdigest()
         return f"{name}:{digest[:32]}"
 
     return key
@@ -146,7 +136,7 @@ class Registry:
     def __init__(self, state: Callable[[], Any] | None = None) -> None:
         self.state_factory = state
         self.definitions: dict[str, JobDefinition[Any, Any]] = {}
-        self.schedules: list[protocol.Schedule] = []
+        self.schedules: list[Schedule] = []
 
     def job(
         self,
@@ -166,9 +156,9 @@ class Registry:
         ``unique=True`` makes equal arguments one job while it is queued or
         running; a callable computes the key from the arguments instead.
         ``cron`` runs the job (without arguments) on that schedule, as
-        ``schedule`` does."""
-        if priority is not None and not 0 <= priority <= 65535:
-            raise ValueError("priority must be within 0..65535 (lower runs first)")
+        ``schedule`` does. ``ProtocolError`` (a ValueError) for an option out
+        of range."""
+        options = JobOptions(queue, priority, max_attempts, backoff, timeout)
 
         def register(func: Callable[P, R]) -> JobDefinition[P, R]:
             job_name = name or func.__name__
@@ -178,7 +168,7 @@ class Registry:
             definition: JobDefinition[P, R] = JobDefinition(
                 func,
                 job_name,
-                JobOptions(queue, priority, max_attempts, backoff, timeout),
+                options,
                 key,
                 context,
             )
@@ -204,9 +194,7 @@ class Registry:
             raise ValueError(f"not a valid cron expression: {cron!r}")
         name = job if isinstance(job, str) else job.name
         queue = None if isinstance(job, str) else job.options.queue
-        self.schedules.append(
-            protocol.Schedule(cron, name, protocol.pack([list(args), kwargs]), queue)
-        )
+        self.schedules.append(Schedule(cron, name, pack_args(args, kwargs), queue))
 
     def __getitem__(self, name: str) -> JobDefinition[Any, Any]:
         return self.definitions[name]
@@ -217,4 +205,4 @@ class Registry:
     def queues(self) -> list[str]:
         """The queues the registered jobs default to (``default`` for those
         that name none): what a worker serves when told no queue."""
-        return sorted({d.options.queue or "default" for d in self.definitions.values()})
+        return sorted({d.options.queue or DEFAULT_QUEUE for d in self.definitions.values()})

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
-import select
 import signal
 import socket as pysocket
 import time
@@ -23,8 +21,10 @@ from typing import Any
 
 import zmq
 
-from jobsd import protocol
+from jobsd import protocol as p
+from jobsd.vocabulary import MAX_MESSAGE_BYTES
 from jobsd.workers.executor import Executor, JobContext, Running, timed_out
+from jobsd.workers.outbox import Outbox
 from jobsd.workers.registry import Registry
 
 log = logging.getLogger("jobsd.worker")
@@ -38,14 +38,14 @@ class WorkerConfig:
     endpoint: str
     queues: tuple[str, ...]
     concurrency: int = 8
-    heartbeat: float = 1.0  # seconds between heartbeats to the broker
-    liveness: int = 3  # broker heartbeats missed before reconnecting
+    heartbeat: float = 1.0  # seconds between heartbeats, until WELCOME says otherwise
+    liveness: int = 3  # broker heartbeats missed before reconnecting, likewise
     grace: float = 30.0  # how long running jobs may finish after a stop signal
     # Jobs held beyond those running, so a freed thread starts the next one at
     # once instead of after a round trip to the broker. Bounded, so a slow
     # worker never hoards: at most concurrency + prefetch jobs are its.
     prefetch: int = 0
-    reconnect_max: float = 30.0  # the longest wait between reconnect attempts
+    reconnect_max: float = 30.0  # the longest wait for a broker on one socket
 
 
 class Worker:
@@ -54,20 +54,23 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.registry = registry
         self.config = config
+        #: Who this worker is, for its whole life: the broker records it with
+        #: each job it claims for it, and takes a job's report after a broker
+        #: restart only from the worker it was claimed for.
+        self.worker_id = f"{pysocket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, Running] = {}
+        self.outbox = Outbox()
         self._context = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
         self._executor: Executor | None = None
         self._stop_requested = 0
         self._stop_deadline: float | None = None
+        self._heartbeat = config.heartbeat
+        self._liveness = config.liveness
         self._last_heard = 0.0
         self._last_sent = 0.0
-        self._reconnect_delay = config.heartbeat
         self._registered = False
-        # Reports sent but not yet confirmed stored, by sequence number: sent
-        # again after a reconnect, so an ack lost with a broker is not lost.
-        self._unconfirmed: dict[int, tuple[bytes, dict[str, Any]]] = {}
-        self._report_seq = itertools.count(1)
+        self._patience = config.heartbeat * config.liveness
 
     def stop(self) -> None:
         """Stop taking work; finish what runs within the grace period. A second
@@ -91,57 +94,43 @@ class Worker:
                 self._executor.wakeup.close()
                 if self._socket is not None:
                     # Let the last reports (acks, hand-backs) reach the broker.
-                    self._socket.close(linger=int(self.config.heartbeat * 1000))
-                self._context.term()
+                    self._socket.close(linger=int(self._heartbeat * 1000))
+                self._context.destroy(linger=0)  # never hangs on a socket left open
 
     # -- the loop ------------------------------------------------------------------
 
     def _serve(self) -> None:
         assert self._executor is not None  # set by run()
-        self._connect()
+        wakeup = self._executor.wakeup
         poller = zmq.Poller()
-        poller.register(self._executor.wakeup.read_fd, zmq.POLLIN)
-        sock = self._register(poller)
+        poller.register(wakeup.read_fd, zmq.POLLIN)
+        sock = self._connect(poller)
         while True:
             if self._stop_requested and self._stopping_done():
                 return
             events = dict(poller.poll(self._poll_timeout_ms()))
             if sock in events:
                 self._receive(sock)
-            if self._executor.wakeup.read_fd in events:
-                self._executor.wakeup.drain()
+            if wakeup.read_fd in events:
+                wakeup.drain()
             self._send_outcomes()
             now = time.monotonic()
             self._check_timeouts(now)
-            if now - self._last_sent >= self.config.heartbeat:
-                self._send(protocol.HEARTBEAT, {})
-            if now - self._last_heard > self.config.heartbeat * self.config.liveness:
+            if self._registered and now - self._last_sent >= self._heartbeat:
+                self._send(p.HEARTBEAT, {})
+            if now - self._last_heard > self._patience:
                 log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
+                # Not registered on this socket either: wait longer on the next
+                # one (its HELLO reaches a broker that comes back at once).
+                if self._registered:
+                    self._patience = self._heartbeat * self._liveness
+                else:
+                    self._patience = min(self._patience * 2, self.config.reconnect_max)
                 poller.unregister(sock)
-                self._pause(min(self._reconnect_delay, self.config.reconnect_max))
-                self._reconnect_delay = min(self._reconnect_delay * 2, self.config.reconnect_max)
-                self._connect()
-                sock = self._register(poller)
-
-    def _pause(self, seconds: float) -> None:
-        """Wait before reconnecting; a stop signal ends the wait at once."""
-        assert self._executor is not None
-        wakeup = self._executor.wakeup
-        deadline = time.monotonic() + seconds
-        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
-            select.select([wakeup.read_fd], [], [], left)
-            wakeup.drain()
-
-    def _register(self, poller: zmq.Poller) -> zmq.Socket[Any]:
-        assert self._socket is not None
-        poller.register(self._socket, zmq.POLLIN)
-        self._hello()
-        if self._stop_deadline is not None:
-            self._send(protocol.BYE, {})  # a new connection while stopping: no work, please
-        return self._socket
+                sock = self._connect(poller)
 
     def _poll_timeout_ms(self) -> int:
-        waits = [self.config.heartbeat]
+        waits = [self._heartbeat]
         deadlines = [r.deadline for r in self.running.values() if r.deadline is not None]
         if deadlines:
             waits.append(min(deadlines) - time.monotonic())
@@ -149,39 +138,44 @@ class Worker:
             waits.append(self._stop_deadline - time.monotonic())
         return max(1, int(min(waits) * 1000))
 
-    def _connect(self) -> None:
-        """A fresh socket with a fresh identity: the broker never confuses it
-        with the old connection, so no ROUTER handover is needed."""
+    def _connect(self, poller: zmq.Poller) -> zmq.Socket[Any]:
+        """A fresh socket with a fresh identity, so the broker never confuses
+        it with the old connection (no ROUTER handover needed), and a HELLO on
+        it: queued until the broker is there, then registered at once."""
         if self._socket is not None:
             self._socket.close(linger=0)
-        sock = self._context.socket(zmq.DEALER)
+        self._socket = sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, uuid.uuid4().bytes)
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.connect(self.config.endpoint)
-        self._socket = sock
-        self._registered = False
         self._last_heard = time.monotonic()
+        poller.register(sock, zmq.POLLIN)
+        self._hello()
+        return sock
 
     def _hello(self) -> None:
-        hello = protocol.Hello(
-            worker=f"{pysocket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        self._registered = False
+        hello = p.Hello(
+            worker=self.worker_id,
             queues=list(self.config.queues),
             capacity=self.config.concurrency + self.config.prefetch,
             pid=os.getpid(),
             host=pysocket.gethostname(),
-            job_types={
-                name: d.options.to_job_type() for name, d in self.registry.definitions.items()
-            },
-            running=[(r.job.id, r.job.attempt) for r in self.running.values()],
+            job_types={name: d.options for name, d in self.registry.definitions.items()},
+            # Every lease this worker still answers for: running, or reported
+            # and not yet confirmed stored.
+            running=[(r.job.id, r.job.lease) for r in self.running.values()] + self.outbox.leases(),
             schedules=self.registry.schedules,
         )
-        self._send(protocol.HELLO, hello.to_wire())
+        self._send(p.HELLO, hello.to_wire())
+        if self._stop_deadline is not None:
+            self._send(p.BYE, {})  # a new connection while stopping: no work, please
 
     def _send(self, command: bytes, body: Any) -> None:
         assert self._socket is not None
         try:
-            protocol.send(self._socket, protocol.encode(command, body), zmq.NOBLOCK)
+            p.send(self._socket, p.encode(command, body), zmq.NOBLOCK)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.warning("could not send %s: broker not reachable", command.decode())
@@ -189,51 +183,61 @@ class Worker:
     # -- from the broker ---------------------------------------------------------------
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        for frames in protocol.recv_waiting(sock, RECEIVE_BURST):
+        for frames in p.recv_waiting(sock, RECEIVE_BURST):
             self._last_heard = time.monotonic()
             try:
-                command, body = protocol.decode(frames)
+                command, body = p.decode(frames)
                 self._on_message(command, body)
-            except protocol.ProtocolError as exc:
+            except p.ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
 
     def _on_message(self, command: bytes, body: Any) -> None:
-        if command == protocol.JOB:
-            jobs = protocol.decode_jobs(body)
+        if command == p.JOB:
+            jobs = p.decode_jobs(body)
             if self._stop_requested:
                 self._hand_back(jobs)
             else:
                 for job in jobs:
                     self._start(job)
-        elif command == protocol.CONFIRM:
-            self._unconfirmed.pop(protocol.report_seq(body) or 0, None)
-        elif command == protocol.WELCOME:
-            self._registered = True
-            self._reconnect_delay = self.config.heartbeat
-            log.info("registered with the broker at %s", self.config.endpoint)
-            for report, report_body in self._unconfirmed.values():
-                self._send(report, report_body)
-        elif command == protocol.CANCEL:
-            for job_id in protocol.Fields(body, "CANCEL").names("ids"):
+        elif command == p.CONFIRM:
+            self.outbox.confirmed(body)
+        elif command == p.WELCOME:
+            self._welcome(p.Welcome.from_wire(body))
+        elif command == p.CANCEL:
+            for job_id in p.decode_cancel(body):
                 running = self.running.get(job_id)
                 if running is not None:
                     running.context.request_cancel()
-        elif command == protocol.RECONNECT and not self._stop_requested:
+        elif command == p.RECONNECT and self._registered:
+            # Not while a HELLO awaits its WELCOME: this RECONNECT answers a
+            # message sent before it.
             log.info("the broker does not know this worker (it restarted?): saying HELLO again")
             self._hello()
-        elif command == protocol.ERROR:
+        elif command == p.ERROR:
             log.error("broker error: %s", body)
 
-    def _start(self, job: protocol.Dispatch) -> None:
+    def _welcome(self, welcome: p.Welcome) -> None:
+        """Registered: keep the broker's heartbeat, and send again, once, the
+        reports it has not confirmed (it may never have stored them)."""
+        if self._registered:
+            return
+        self._registered = True
+        self._heartbeat, self._liveness = welcome.heartbeat, welcome.liveness
+        self._patience = welcome.heartbeat * welcome.liveness
+        log.info("registered with the broker at %s", self.config.endpoint)
+        for command, body in self.outbox.unconfirmed():
+            self._send(command, body)
+
+    def _start(self, job: p.Dispatch) -> None:
         assert self._executor is not None
         current = self.running.get(job.id)
         if current is not None:
-            # A job this worker runs already. Under a newer attempt, the broker
+            # A job this worker runs already, under another lease: the broker
             # took it from us (it believed this worker lost, or restarted and
-            # saw the lease expire) and gave it back: the run in progress now
-            # answers for the new attempt. Ignored, the new attempt would
-            # never end, and the old one's report would be refused as stale.
-            if job.attempt > current.job.attempt:
+            # saw the lease expire) and gave it back. The run in progress
+            # answers for the new lease: ignored, the new claim would never
+            # end, and the old one's report would be refused as stale.
+            if job.lease != current.job.lease:
                 log.info(
                     "job %s is ours again as attempt %d: the run in progress takes it over",
                     job.id,
@@ -249,31 +253,28 @@ class Worker:
 
     # -- to the broker -----------------------------------------------------------------
 
+    def _sender(self) -> Any:
+        """Where reports go now: to the broker once registered; until then they
+        wait in the outbox, for the WELCOME."""
+        return self._send if self._registered else None
+
     def _send_outcomes(self) -> None:
         assert self._executor is not None
-        acks: list[Any] = []
-        fails: list[Any] = []
+        acks: list[p.Ack] = []
+        fails: list[p.Fail] = []
         outcomes = self._executor.outcomes
         while not outcomes.empty():
             running, report = outcomes.get_nowait()
             if running.abandoned or self.running.get(running.job.id, _GONE) is not running:
                 continue  # reported already (timed out): the late outcome is ignored
             del self.running[running.job.id]
-            if report.attempt != running.job.attempt:  # the run took a newer attempt over
-                report = dataclasses.replace(report, attempt=running.job.attempt)
-            if isinstance(report, protocol.Ack):
-                acks.append(report.to_wire())
-            else:
-                fails.append(report.to_wire())
+            if report.lease != running.job.lease:  # the run took a newer claim over
+                report = dataclasses.replace(report, lease=running.job.lease)
+            (acks if isinstance(report, p.Ack) else fails).append(report)  # type: ignore[arg-type]
         if acks:
-            self._report(protocol.ACK, {"acks": acks})
+            self.outbox.acks(acks, self._sender())
         if fails:
-            self._report(protocol.FAIL, {"fails": fails})
-
-    def _report(self, command: bytes, body: dict[str, Any]) -> None:
-        body["seq"] = seq = next(self._report_seq)
-        self._unconfirmed[seq] = (command, body)
-        self._send(command, body)
+            self.outbox.fails(fails, self._sender())
 
     def _check_timeouts(self, now: float) -> None:
         assert self._executor is not None
@@ -287,7 +288,7 @@ class Worker:
             )
             del self.running[running.job.id]
             self._executor.abandon(running)
-            self._report(protocol.FAIL, {"fails": [timed_out(running).to_wire()]})
+            self.outbox.fails([timed_out(running)], self._sender())
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class Worker:
         if self._stop_deadline is None:
             assert self._executor is not None
             self._stop_deadline = time.monotonic() + self.config.grace
-            self._send(protocol.BYE, {})
+            self._send(p.BYE, {})
             unstarted = self._executor.take_unstarted()
             for running in unstarted:
                 self.running.pop(running.job.id, None)
@@ -306,41 +307,40 @@ class Worker:
             )
             self._hand_back([running.job for running in unstarted])
 
-    def _hand_back(self, jobs: list[protocol.Dispatch]) -> None:
+    def _hand_back(self, jobs: list[p.Dispatch]) -> None:
         """Jobs that arrive once the worker is stopping (sent before the broker
         had its BYE) are not started: they go back at once, their attempt not
         counted. BYE goes first, so the broker does not send them again."""
         self._begin_stop()
-        leases = [[job.id, job.attempt] for job in jobs if job.id not in self.running]
+        leases = [(job.id, job.lease) for job in jobs if job.id not in self.running]
         if leases:
             log.info("handing back %d job(s) not started", len(leases))
-            self._report(protocol.RELEASE, {"jobs": leases})
+            self.outbox.releases(leases, self._sender())
 
     def _stopping_done(self) -> bool:
         """Drive a graceful stop; True when the worker may exit."""
         now = time.monotonic()
         self._begin_stop()
         assert self._stop_deadline is not None  # set by _begin_stop
-        if not self.running and not self._unconfirmed:
+        if not self.running and not self.outbox:
             return True
         if self._stop_requested > 1 or now >= self._stop_deadline:
             if self.running:
-                leases = [[r.job.id, r.job.attempt] for r in self.running.values()]
+                leases = [[r.job.id, r.job.lease] for r in self.running.values()]
                 log.warning("handing back %d unfinished job(s)", len(leases))
-                self._send(protocol.RELEASE, {"jobs": leases})
-            if self._unconfirmed:
-                log.warning("%d report(s) not confirmed by the broker", len(self._unconfirmed))
+                self._send(p.RELEASE, {"jobs": leases})
+            if self.outbox:
+                log.warning("%d report(s) not confirmed by the broker", len(self.outbox))
             return True
         return False
 
 
 def _wake_on_signals(fd: int) -> Any:
-    """Have a signal wake the I/O thread at once, in its poll or in its wait
-    before reconnecting. Python runs a handler on the main thread only, once
-    the main thread runs Python code, and retries an interrupted wait without
-    telling the caller: without this, a stop signal took effect only when the
-    wait ended (a heartbeat, or up to ``reconnect_max`` seconds). Returns
-    what undoes it; a no-op off the main thread."""
+    """Have a signal wake the I/O thread at once, in its poll. Python runs a
+    handler on the main thread only, once the main thread runs Python code,
+    and retries an interrupted wait without telling the caller: without
+    this, a stop signal took effect only when the wait ended. Returns what
+    undoes it; a no-op off the main thread."""
     try:
         previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
     except ValueError:  # not the main thread: whoever runs us handles signals

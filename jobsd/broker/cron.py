@@ -6,6 +6,10 @@ several workers announce the same schedule, several brokers share a database,
 or a broker restarts in the middle of a period. Fires that fall while no broker
 runs are skipped, not caught up (a burst of stale runs after an outage helps no
 one); the next fire after start runs as usual.
+
+A schedule lives while a connected worker declares it: when the last worker
+session that declared it ends (BYE, lost, replaced), it stops firing, and a
+broker that restarts learns its schedules anew from the workers' HELLOs.
 """
 
 from __future__ import annotations
@@ -24,22 +28,29 @@ class CronTable:
     def __init__(self) -> None:
         self._next: dict[str, float] = {}
         self._schedules: dict[str, protocol.Schedule] = {}
+        self._declared_by: dict[str, set[bytes]] = {}
 
     @staticmethod
     def key(schedule: protocol.Schedule) -> str:
         digest = hashlib.sha256(protocol.pack(schedule.to_wire())).hexdigest()
         return digest[:20]
 
-    def add(self, schedules: list[protocol.Schedule], now: float) -> None:
-        """Adopt schedules (known ones are kept as they are). ``ProtocolError``
-        for an invalid cron expression (then none is adopted). A valid one
-        that never fires after ``now`` (February 30th, a year gone by) is
-        kept, without a next fire."""
+    @staticmethod
+    def check(schedules: list[protocol.Schedule]) -> None:
+        """``ProtocolError`` for an invalid cron expression among them."""
         for schedule in schedules:
             if not croniter.is_valid(schedule.cron):
                 raise protocol.ProtocolError(f"invalid cron expression {schedule.cron!r}")
+
+    def add(self, schedules: list[protocol.Schedule], now: float, by: bytes = b"") -> None:
+        """Adopt schedules that the worker session ``by`` declares (known ones
+        are kept as they are). ``ProtocolError`` for an invalid cron
+        expression (then none is adopted). A valid one that never fires after
+        ``now`` (February 30th, a year gone by) is kept, without a next fire."""
+        self.check(schedules)
         for schedule in schedules:
             key = self.key(schedule)
+            self._declared_by.setdefault(key, set()).add(by)
             if key not in self._schedules:
                 self._schedules[key] = schedule
                 at = _following(croniter(schedule.cron, now))
@@ -47,6 +58,19 @@ class CronTable:
                     log.warning("cron: %r (%s) never fires after now", schedule.cron, schedule.name)
                 else:
                     self._next[key] = at
+
+    def forget(self, by: bytes) -> None:
+        """The session ``by`` ended: its schedules no other session declares stop."""
+        for key, sessions in list(self._declared_by.items()):
+            sessions.discard(by)
+            if not sessions:
+                schedule = self._schedules.pop(key)
+                del self._declared_by[key]
+                self._next.pop(key, None)
+                log.info("cron: %r (%s) is declared by no worker now", schedule.cron, schedule.name)
+
+    def __len__(self) -> int:
+        return len(self._schedules)
 
     def next_fire(self) -> float | None:
         return min(self._next.values(), default=None)
@@ -70,11 +94,10 @@ class CronTable:
                 self._next[key] = following
             fires.append(
                 protocol.JobSubmission(
-                    id=f"cron-{key}-{int(latest)}",
-                    name=schedule.name,
-                    args=schedule.args,
-                    queue=schedule.queue,
-                    run_at=latest,
+                    f"cron-{key}-{int(latest)}",
+                    schedule.name,
+                    schedule.args,
+                    protocol.JobOptions(queue=schedule.queue, run_at=latest),
                 )
             )
         return fires

@@ -6,16 +6,19 @@ database from whatever version it has up to :data:`SCHEMA_VERSION`, one step at
 a time, and refuses (with :class:`SchemaError`) a database written by a newer
 jobsd.
 
-Adding version 2 later:
+Adding version N + 1:
 
-1. change the tables below to what version 2 looks like (a fresh database is
-   created straight at the newest version by ``create_all``);
-2. write ``def _v1_to_v2(conn): ...`` that alters a version-1 database into the
-   same shape (ALTER TABLE, CREATE INDEX, back-filling data);
-3. register it: ``STEPS[1] = _v1_to_v2``, and set ``SCHEMA_VERSION = 2``.
+1. change the tables below to what it looks like (a fresh database is created
+   straight at the newest version by ``create_all``);
+2. write ``def _vN_to_vN1(conn): ...`` that alters a version-N database into
+   the same shape (ALTER TABLE, CREATE INDEX, back-filling data);
+3. register it in ``STEPS`` and raise ``SCHEMA_VERSION``.
 
 Each step runs in its own transaction together with the version bump (MySQL and
 MariaDB commit DDL implicitly, so a step there must be safe to run again).
+
+Versions: 1, the first; 2 adds a running job's lease token (``lease``) and the
+broker it was handed out through (``broker``).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateColumn
 
-from jobsd.storage.base import MAX_KEY_LENGTH, SchemaError
+from jobsd.storage.base import SchemaError
+from jobsd.vocabulary import MAX_KEY_LENGTH
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 _MYSQL_TABLE: dict[str, Any] = {
@@ -99,6 +104,11 @@ jobs = Table(
     Column("worker", _key(), nullable=True),
     Column("result", _Blob, nullable=True),
     Column("error", _LongText, nullable=True),
+    # The running job's lease token: a report counts only if it names it.
+    Column("lease", String(64), nullable=True),
+    # The broker that handed the lease out (a broker that restarts takes
+    # back its own leases that no worker came back for).
+    Column("broker", _key(), nullable=True),
     Index("ux_jobsd_jobs_id", "id", unique=True),
     Index("ux_jobsd_jobs_active_key", "active_key", unique=True),
     # claim: one queue's ready jobs in dispatch order, read straight off the index
@@ -145,8 +155,20 @@ meta = Table(
     **_MYSQL_TABLE,
 )
 
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Lease tokens and their brokers. Jobs running when the database is
+    upgraded have no token: no report can name them, and they are retried
+    when their leases expire (stop the old broker's workers first)."""
+    present = {column["name"] for column in inspect(conn).get_columns(jobs.name)}
+    for name in ("lease", "broker"):
+        if name not in present:  # MySQL commits DDL at once: a rerun skips it
+            column = CreateColumn(jobs.c[name]).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {jobs.name} ADD COLUMN {column}"))
+
+
 #: ``STEPS[n]`` upgrades a version-``n`` database to version ``n + 1``.
-STEPS: dict[int, Callable[[Connection], None]] = {}
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
 def schema_version(conn: Connection) -> int:

@@ -1,7 +1,8 @@
 """Retry backoff policies: how long a failed job waits before its next attempt.
 
-A policy travels with the job as a small map (see PROTOCOL.md), so producers in
-any language can set one and the broker, which schedules retries, computes it.
+Part of the protocol: a policy travels with the job as a small map, and
+PROTOCOL.md gives its formula, so producers in any language can set one and
+the broker, which schedules retries, computes it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from jobsd.protocol import Fields, ProtocolError
+from jobsd.protocol.fields import Fields, check_number
+from jobsd.protocol.framing import ProtocolError
 
 FIXED = "fixed"
 LINEAR = "linear"
@@ -36,6 +38,13 @@ class Backoff:
     factor: float = 2.0
     max_delay: float = 3600.0
     jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ProtocolError(f"backoff: kind must be one of {', '.join(KINDS)}")
+        check_number(self.delay, "backoff: delay")
+        check_number(self.factor, "backoff: factor", low=1.0)
+        check_number(self.max_delay, "backoff: max")
 
     @classmethod
     def fixed(cls, delay: float, *, jitter: bool = False) -> Backoff:
@@ -85,8 +94,6 @@ class Backoff:
         """Read a policy map; ``ProtocolError`` when it is not a valid one."""
         f = Fields(body, "backoff")
         kind = f.text("kind", required=False) or EXPONENTIAL
-        if kind not in KINDS:
-            raise ProtocolError(f"backoff: kind must be one of {', '.join(KINDS)}")
         delay = f.number("delay", required=False)
         factor = f.number("factor", required=False)
         max_delay = f.number("max", required=False)
@@ -95,7 +102,7 @@ class Backoff:
             delay=1.0 if delay is None else delay,
             factor=2.0 if factor is None else max(factor, 1.0),
             max_delay=3600.0 if max_delay is None else max_delay,
-            jitter=f.flag("jitter") if "jitter" in body else kind == EXPONENTIAL,
+            jitter=f.flag("jitter") if "jitter" in f else kind == EXPONENTIAL,
         )
 
 

@@ -1,0 +1,286 @@
+"""The broker's commands: one table from command to handler.
+
+Commands carry no business logic: each parses its message (the protocol
+checks every field), makes its calls on the job manager or the worker
+sessions, and replies. Submits and worker reports are collected into the
+loop turn, to be stored with one commit; producer requests are answered
+after that commit, so they see what the turn changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobsd import protocol as p
+from jobsd.broker.manager import Report
+from jobsd.broker.sessions import WorkerSession
+from jobsd.storage import Lease, NewJob, StorageError
+from jobsd.vocabulary import FINAL_STATES
+
+if TYPE_CHECKING:
+    from jobsd.broker.loop import Broker
+
+log = logging.getLogger("jobsd.broker")
+
+
+@dataclass
+class Turn:
+    """What arrived in one loop turn, applied to storage together."""
+
+    submits: list[tuple[bytes, list[NewJob]]] = field(default_factory=list)
+    reports: list[Report] = field(default_factory=list)
+    confirms: list[tuple[bytes, int]] = field(default_factory=list)
+    requests: list[tuple[bytes, bytes, Any]] = field(default_factory=list)
+
+
+Handler = Callable[[bytes, Any, Turn], None]
+Request = Callable[[Any, float], Any]
+
+
+class Commands:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.manager = broker.manager
+        self.sessions = broker.sessions
+        #: Handled as they arrive (submits and reports join the turn's commit).
+        self.handlers: dict[bytes, Handler] = {
+            p.SUBMIT: self.submit,
+            p.HELLO: self.hello,
+            p.ACK: self.ack,
+            p.FAIL: self.fail,
+            p.RELEASE: self.release,
+            p.HEARTBEAT: self.heartbeat,
+            p.BYE: self.bye,
+        }
+        #: Answered after the turn's commit, with the body of their OK.
+        self.requests: dict[bytes, Request] = {
+            p.GET: self.get,
+            p.LIST: self.list_jobs,
+            p.STATS: self.stats,
+            p.CANCEL: self.cancel,
+            p.RETRY: self.retry,
+            p.DELETE: self.delete,
+            p.PAUSE: self.pause,
+            p.RESUME: self.resume,
+            p.PURGE: self.purge,
+            p.PING: self.ping,
+        }
+
+    def receive(self, peer: bytes, command: bytes, body: Any, turn: Turn) -> None:
+        handler = self.handlers.get(command)
+        if handler is not None:
+            handler(peer, body, turn)
+        elif command in self.requests or command == p.WAIT:
+            turn.requests.append((peer, command, body))
+        else:
+            raise p.ProtocolError(f"unknown command {command[:32]!r}", code=p.UNKNOWN_COMMAND)
+
+    def answer(self, peer: bytes, command: bytes, body: Any, now: float) -> None:
+        send = self.broker.send
+        try:
+            if command == p.WAIT:
+                self.wait(peer, body, now)
+            else:
+                send(peer, p.OK, self.requests[command](body, now))
+        except p.ProtocolError as exc:
+            send(peer, p.ERROR, p.error_body(exc.code, str(exc)))
+        except StorageError as exc:
+            log.error("storage failed on %s: %s", command.decode(), exc)
+            send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+
+    # -- producers: stored with the turn -------------------------------------------
+
+    def submit(self, peer: bytes, body: Any, turn: Turn) -> None:
+        turn.submits.append(
+            (peer, self.manager.new_jobs(p.decode_submit(body), self.broker.clock()))
+        )
+
+    # -- workers -------------------------------------------------------------------
+
+    def _session(self, peer: bytes) -> WorkerSession | None:
+        """The sender's session, kept alive. A connection that said no HELLO
+        (the broker restarted, or declared the worker lost) is told, once, to
+        say HELLO; what it sent is not applied (it sends reports again)."""
+        session = self.sessions.seen(peer, self.broker.clock())
+        if session is None and self.sessions.first_word_from(peer):
+            self.broker.send(peer, p.RECONNECT, {})
+        return session
+
+    def hello(self, peer: bytes, body: Any, turn: Turn) -> None:
+        hello = p.Hello.from_wire(body)
+        now = self.broker.clock()
+        self.broker.cron.check(hello.schedules)  # may refuse the HELLO: before anything
+        session, replaced = self.sessions.register(peer, hello, now)
+        self.broker.cron.add(hello.schedules, now, by=peer)
+        self._adopt(session, hello.running, now)
+        if replaced is not None:
+            self.broker.end_session(replaced, "worker reconnected")
+        self.manager.learn_job_types(hello.job_types)
+        self.broker.maybe_ready.update(session.queues)
+        log.info(
+            "worker %s (pid %s on %s) joined: queues %s, capacity %d",
+            hello.worker,
+            hello.pid,
+            hello.host or "?",
+            ",".join(hello.queues),
+            hello.capacity,
+        )
+        welcome = p.Welcome(self.broker.config.heartbeat, self.broker.config.liveness)
+        self.broker.send(peer, p.WELCOME, welcome.to_wire())
+
+    def _adopt(self, session: WorkerSession, running: list[tuple[str, str]], now: float) -> None:
+        """A worker that reconnected (a broker restart, a network cut) still
+        answers for these leases: take over the current ones, so they are not
+        expired under it. The others (their jobs taken from it while it was
+        away) hold its slots until it reports them."""
+        leases = []
+        for job_id, token in running:
+            owner = self.sessions.owner(job_id)
+            if owner is None or owner.worker_id == session.worker_id:
+                record = self.sessions.running(job_id)
+                if record is None or record.lease == token:
+                    leases.append(Lease(job_id, token, None if owner else session.worker_id))
+        adopted = self.manager.adopt(leases, now) if leases else []
+        self.sessions.take(session, adopted)
+        held = {job_id for job_id, _ in running} - {job.id for job in adopted}
+        session.held |= held - set(session.inflight)
+        if session.held:
+            log.info(
+                "worker %s still runs %d job(s) now run elsewhere: they hold its slots until "
+                "it reports them",
+                session.worker_id,
+                len(session.held),
+            )
+
+    def ack(self, peer: bytes, body: Any, turn: Turn) -> None:
+        self._reports(peer, body, turn, [(a.job_id, a.lease, a) for a in p.decode_acks(body)])
+
+    def fail(self, peer: bytes, body: Any, turn: Turn) -> None:
+        self._reports(peer, body, turn, [(f.job_id, f.lease, f) for f in p.decode_fails(body)])
+
+    def release(self, peer: bytes, body: Any, turn: Turn) -> None:
+        self._reports(peer, body, turn, [(j, t, None) for j, t in p.decode_releases(body)])
+
+    def _reports(
+        self,
+        peer: bytes,
+        body: Any,
+        turn: Turn,
+        items: list[tuple[str, str, p.Ack | p.Fail | None]],
+    ) -> None:
+        """Reports count only from the session that holds their lease (or,
+        for a job no session holds, from the worker it was claimed for), and
+        are confirmed once stored: until then the worker keeps them."""
+        seq = p.report_seq(body)
+        session = self._session(peer)
+        if session is None:
+            return
+        stale = 0
+        for job_id, token, outcome in items:
+            lease = self.sessions.fence(session, job_id, token)
+            record = self.sessions.reported(session, job_id, token)
+            if lease is None:
+                stale += 1
+            else:
+                turn.reports.append(Report(lease, outcome, record))
+        if stale:
+            self.manager.count_stale(stale)
+        if seq is not None:
+            turn.confirms.append((peer, seq))
+
+    def heartbeat(self, peer: bytes, body: Any, turn: Turn) -> None:
+        self._session(peer)
+
+    def bye(self, peer: bytes, body: Any, turn: Turn) -> None:
+        """The worker stops: send it nothing more; it reports what it holds."""
+        session = self.sessions.get(peer)
+        if session is not None:
+            session.draining = True
+            log.info("worker %s is stopping", session.worker_id)
+            if not session.inflight:
+                self.broker.end_session(session, "worker stopped")
+
+    # -- producer requests, after the commit ------------------------------------------
+
+    def get(self, body: Any, now: float) -> Any:
+        return {"jobs": self.manager.get(p.GetRequest.from_wire(body))}
+
+    def wait(self, peer: bytes, body: Any, now: float) -> None:
+        request = p.WaitRequest.from_wire(body)
+        (view,) = self.manager.get(p.GetRequest([request.id]))
+        if view is None:
+            raise p.ProtocolError(f"no job {request.id}", code=p.NOT_FOUND)
+        if view["state"] in FINAL_STATES or request.timeout <= 0:
+            self.broker.send(peer, p.OK, {"job": view})
+        else:
+            self.broker.waiters.add(request.id, peer, now + request.timeout)
+
+    def list_jobs(self, body: Any, now: float) -> Any:
+        views, cursor = self.manager.list_page(p.ListRequest.from_wire(body))
+        return {"jobs": views, "next": cursor}
+
+    def stats(self, body: Any, now: float) -> Any:
+        p.check_empty(body, "STATS")
+        workers = [
+            {
+                "id": s.worker_id,
+                "pid": s.pid,
+                "host": s.host,
+                "queues": list(s.queues),
+                "capacity": s.capacity,
+                "running": len(s.inflight),
+                "draining": s.draining,
+            }
+            for s in self.sessions
+        ]
+        return {
+            "queues": self.manager.stats(),
+            "workers": workers,
+            "stale_reports": self.manager.stale_reports,
+            "pid": os.getpid(),
+            "storage": self.manager.storage.url,
+        }
+
+    def cancel(self, body: Any, now: float) -> Any:
+        ids = p.IdsRequest.from_wire(body, "CANCEL").ids
+        cancelled = self.manager.cancel(ids, now)
+        requested = []
+        for job_id, ok in zip(ids, cancelled, strict=True):
+            owner = None if ok else self.sessions.owner(job_id)
+            if owner is not None:
+                self.broker.send(owner.peer, p.CANCEL, {"ids": [job_id]})
+            requested.append(owner is not None)
+        self.broker.answer_waiters(
+            [job_id for job_id, ok in zip(ids, cancelled, strict=True) if ok]
+        )
+        return {"cancelled": cancelled, "requested": requested}
+
+    def retry(self, body: Any, now: float) -> Any:
+        ids, retried = self.manager.retry(p.RetryRequest.from_wire(body), now)
+        self.broker.maybe_ready.update(self.sessions.queues())
+        return {"ids": ids, "retried": retried}
+
+    def delete(self, body: Any, now: float) -> Any:
+        return {"deleted": self.manager.delete(p.IdsRequest.from_wire(body, "DELETE").ids)}
+
+    def pause(self, body: Any, now: float) -> Any:
+        queue = p.QueueRequest.from_wire(body, "PAUSE").queue
+        self.manager.set_paused(queue, True)
+        return {"queue": queue, "paused": True}
+
+    def resume(self, body: Any, now: float) -> Any:
+        queue = p.QueueRequest.from_wire(body, "RESUME").queue
+        self.manager.set_paused(queue, False)
+        self.broker.maybe_ready.add(queue)
+        return {"queue": queue, "paused": False}
+
+    def purge(self, body: Any, now: float) -> Any:
+        return {"purged": self.manager.purge(p.PurgeRequest.from_wire(body), now)}
+
+    def ping(self, body: Any, now: float) -> Any:
+        p.check_empty(body, "PING")
+        return {"pong": True, "time": now}

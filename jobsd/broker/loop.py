@@ -1,0 +1,368 @@
+"""The broker daemon's loop: one ROUTER socket, one thread, turns and group commit.
+
+Each loop turn drains every message that has arrived (up to a bound), hands
+each to its command, then applies the turn's submits and worker reports and
+claims jobs for the workers' free slots, all in one transaction (group
+commit); only after that commit does it push the jobs, answer producers and
+confirm reports. Chores and deadlines (due jobs, cron fires, waits) run
+between turns. Storage is only ever touched from this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from jobsd import protocol as p
+from jobsd.broker.commands import Commands, Turn
+from jobsd.broker.config import BrokerConfig
+from jobsd.broker.cron import CronTable
+from jobsd.broker.manager import JobManager, Outcome
+from jobsd.broker.sessions import Sessions, WorkerSession
+from jobsd.broker.timers import Heartbeats, Leases, Orphans, Poll, Retention, Timers
+from jobsd.broker.waiters import Waiters
+from jobsd.storage import JobRecord, NewJob, Storage, StorageError
+from jobsd.vocabulary import FINAL_STATES
+
+log = logging.getLogger("jobsd.broker")
+
+#: Messages handled in one loop turn at most, so chores and dispatch keep running.
+TURN_MESSAGES = 5000
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class Broker:
+    def __init__(
+        self,
+        storage: Storage,
+        endpoint: str,
+        config: BrokerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.config = config or BrokerConfig()
+        self.config.validate()
+        self.clock = clock
+        self.manager = JobManager(storage, self.config, clock)
+        self.sessions = Sessions()
+        self.waiters = Waiters()
+        self.cron = CronTable()
+        self.commands = Commands(self)
+        self.timers = Timers()
+        #: Queues that may have ready jobs: the next dispatch looks at them.
+        self.maybe_ready: set[str] = set()
+        #: When the earliest scheduled job is due (None: none is).
+        self.next_due: float | None = None
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket[Any] | None = None
+        self._stopping = False
+        # Reports a failed commit could not record, retried with the next turn.
+        self._pending: Turn | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def bind(self) -> str:
+        """Bind the ROUTER socket; return the endpoint (with the real port when
+        the given one asked for any free port, ``tcp://127.0.0.1:*``)."""
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.bind(self.endpoint)
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.config = self.config.named_for(self.endpoint)
+        self.manager.config = self.config
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and return (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        assert sock is not None  # for the type checker: bind() set it
+        now = self.clock()
+        self.next_due = self.manager.next_run_at()
+        for chore in (Heartbeats(self), Leases(self), Poll(self), Retention(self)):
+            self.timers.at(now, chore)
+        self.timers.at(now + self.config.silence, Orphans(self))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        log.info(
+            "broker serving on %s with storage %s as %s",
+            self.endpoint,
+            self.manager.storage.url,
+            self.config.name,
+        )
+        try:
+            while not self._stopping:
+                timeout = self._next_wakeup() - self.clock()
+                if poller.poll(max(0, int(timeout * 1000) + 1) if timeout > 0 else 0):
+                    self._turn(sock)
+                self._run_timers()
+                self._dispatch()
+            log.info("stopping")
+        finally:
+            self._flush_pending()
+            sock.close(linger=0)
+            self._socket = None
+            log.info("broker stopped")
+
+    # -- one loop turn --------------------------------------------------------------
+
+    def _turn(self, sock: zmq.Socket[Any]) -> None:
+        """Handle every message that has arrived, then commit them together."""
+        turn = Turn()
+        for frames in p.recv_waiting(sock, TURN_MESSAGES):
+            self._handle(frames, turn)
+        self._commit(turn)
+
+    def _handle(self, frames: list[bytes], turn: Turn) -> None:
+        peer = frames[0]
+        try:
+            command, body = p.decode(frames[1:])
+            self.commands.receive(peer, command, body, turn)
+        except p.ProtocolError as exc:
+            log.warning("bad message from peer %s: %s", peer.hex(), exc)
+            self.send(peer, p.ERROR, p.error_body(exc.code, str(exc)))
+        except StorageError as exc:
+            log.error("storage failed handling a message from peer %s: %s", peer.hex(), exc)
+            self.send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+        except Exception:  # a bug must cost one message, not the daemon
+            log.exception("failed to handle a message from peer %s", peer.hex())
+            self.send(peer, p.ERROR, p.error_body(p.INTERNAL_ERROR, "see broker log"))
+
+    def _commit(self, turn: Turn) -> None:
+        """Apply the turn to storage with one commit: its submits, its workers'
+        reports, and claims for the slots they free and the jobs they add (on
+        SQLite one fsync a turn, not one per call). Jobs, replies and CONFIRMs
+        go out only once that commit is done."""
+        now = self.clock()
+        self._merge_pending(turn)
+        submitted = [job for _, batch in turn.submits for job in batch]
+        try:
+            with self.manager.storage.transaction():
+                added = self.manager.add(submitted, now)
+                self._note_added(submitted, now)
+                outcomes = self.manager.report(turn.reports, now)
+                self._note_waiting(outcomes)
+                claimed = self._claim_ready(now) if submitted or turn.reports else []
+        except StorageError as exc:
+            log.error(
+                "storage failed: %d submitted job(s) refused, %d report(s) to retry: %s",
+                len(submitted),
+                len(turn.reports),
+                exc,
+            )
+            for peer, _ in turn.submits:
+                self.send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+            if turn.reports:
+                self._pending = Turn(reports=turn.reports, confirms=turn.confirms)
+            self.maybe_ready.update(self.sessions.queues())  # claims made were undone
+        else:
+            # Jobs first: a worker starts one while its producer reads the reply.
+            for session, jobs in claimed:
+                self._push(session, jobs)
+            start = 0
+            for peer, batch in turn.submits:
+                chunk = added[start : start + len(batch)]
+                start += len(batch)
+                self.send(peer, p.OK, p.submit_reply([(r.job_id, r.created) for r in chunk]))
+            for peer, seq in turn.confirms:
+                self.send(peer, p.CONFIRM, {"seq": seq})
+            self._answer_finished(outcomes)
+            if turn.reports:
+                for session in self.sessions:
+                    if session.draining and not session.inflight:
+                        self.end_session(session, "worker stopped")
+        for peer, command, body in turn.requests:
+            self.commands.answer(peer, command, body, now)
+
+    def _note_added(self, jobs: list[NewJob], now: float) -> None:
+        for job in jobs:
+            if job.run_at <= now:
+                self.maybe_ready.add(job.queue)
+            elif self.next_due is None or job.run_at < self.next_due:
+                self.next_due = job.run_at
+
+    def _note_waiting(self, outcomes: Sequence[Outcome]) -> None:
+        """Jobs ready or scheduled again: where the next claim and promotion look."""
+        waiting = [o for o in outcomes if o.waiting]
+        for outcome in waiting:
+            if outcome.queue:
+                self.maybe_ready.add(outcome.queue)
+            else:  # a job this broker did not hand out: any queue may have it
+                self.maybe_ready.update(self.sessions.queues())
+        if waiting:
+            self.next_due = self.manager.next_run_at()
+
+    def _merge_pending(self, turn: Turn) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            turn.reports[:0] = pending.reports
+            turn.confirms[:0] = pending.confirms
+
+    def _flush_pending(self) -> None:
+        """On stop: one last try to record reports that storage refused."""
+        if self._pending is not None:
+            try:
+                self.manager.report(self._pending.reports, self.clock())
+            except StorageError as exc:
+                log.error("could not record worker reports at stop: %s", exc)
+
+    # -- sessions ending ------------------------------------------------------------
+
+    def end_session(
+        self, session: WorkerSession, reason: str, undelivered: Sequence[JobRecord] = ()
+    ) -> None:
+        """However a session ends, what it held goes back at once: jobs that
+        never reached it without counting the attempt, the others counted."""
+        jobs = self.sessions.end(session)
+        self.cron.forget(session.peer)
+        never = {job.id for job in undelivered}
+        lost = [job for job in jobs if job.id not in never]
+        level = logging.WARNING if jobs else logging.INFO
+        log.log(level, "%s: %s, %d job(s) go back", reason, session.worker_id, len(jobs))
+        now = self.clock()
+        try:
+            self.settle(
+                self.manager.hand_back(undelivered, now) + self.manager.lost(lost, reason, now)
+            )
+        except StorageError as exc:  # the lease timer takes them back later
+            log.error(
+                "storage failed putting back %d job(s) of %s: %s", len(jobs), session.worker_id, exc
+            )
+
+    def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """After jobs were put back outside a turn: dispatch and waiters."""
+        self._note_waiting(outcomes)
+        self._answer_finished(outcomes)
+
+    # -- waiters --------------------------------------------------------------------
+
+    def _answer_finished(self, outcomes: Sequence[Outcome]) -> None:
+        final = [o.job_id for o in outcomes if o.final]
+        if final:
+            try:
+                self.answer_waiters(final)
+            except StorageError as exc:  # the poll chore answers them later
+                log.error("storage failed to read finished jobs for waiters: %s", exc)
+
+    def answer_waiters(self, job_ids: Sequence[str], only_finished: bool = False) -> None:
+        waited = [job_id for job_id in job_ids if self.waiters.is_waited(job_id)]
+        if not waited:
+            return
+        for view in self.manager.get(p.GetRequest(waited)):
+            if view is not None and (not only_finished or view["state"] in FINAL_STATES):
+                for peer in self.waiters.pop_job(view["id"]):
+                    self.send(peer, p.OK, {"job": view})
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            claimed = self._claim_ready(self.clock())
+        except StorageError as exc:
+            log.error("storage failed to claim jobs: %s", exc)
+            return
+        for session, jobs in claimed:
+            self._push(session, jobs)
+
+    def _claim_ready(self, now: float) -> list[tuple[WorkerSession, list[JobRecord]]]:
+        """Claim ready jobs for every worker with free slots. Nothing is sent
+        here: the caller pushes them once the claims have committed."""
+        claimed: list[tuple[WorkerSession, list[JobRecord]]] = []
+        if not self.maybe_ready:
+            return claimed
+        for session in self.sessions.with_room():
+            if not self.maybe_ready.intersection(session.queues):
+                continue
+            free = session.free
+            jobs = self.manager.claim(session.queues, free, now, session.worker_id)
+            if len(jobs) < free:
+                self.maybe_ready.difference_update(session.queues)
+            if jobs:
+                claimed.append((session, jobs))
+            if not self.maybe_ready:
+                break
+        return claimed
+
+    def _push(self, session: WorkerSession, jobs: list[JobRecord]) -> None:
+        self.sessions.take(session, jobs)
+        body = {
+            "jobs": [
+                p.Dispatch(
+                    j.id, j.name, j.queue, j.attempts, j.args, j.timeout, j.lease or ""
+                ).to_wire()
+                for j in jobs
+            ]
+        }
+        if not self.send(session.peer, p.JOB, body):
+            # The worker vanished since its last message: the jobs never
+            # reached it; what it ran before goes back, its attempt counted.
+            self.end_session(session, "worker lost: could not send it jobs", undelivered=jobs)
+
+    # -- deadlines --------------------------------------------------------------------
+
+    def _next_wakeup(self) -> float:
+        candidates = [
+            t
+            for t in (
+                self.timers.next_at(),
+                self.next_due,
+                self.waiters.next_deadline(),
+                self.cron.next_fire(),
+            )
+            if t is not None
+        ]
+        if self._pending is not None:
+            candidates.append(self.clock() + 0.1)
+        return min(candidates, default=self.clock() + 1.0)
+
+    def _run_timers(self) -> None:
+        now = self.clock()
+        try:
+            if self.next_due is not None and self.next_due <= now:
+                if self.manager.promote(now):
+                    self.maybe_ready.update(self.sessions.queues())
+                self.next_due = self.manager.next_run_at()
+            if self._pending is not None:
+                self._commit(Turn())
+            fires = self.cron.due(now)
+            if fires:
+                self._enqueue_fires(fires, now)
+            for peer, job_id in self.waiters.pop_expired(now):
+                (view,) = self.manager.get(p.GetRequest([job_id]))
+                self.send(peer, p.OK, {"job": view})
+            self.timers.run_due(now)
+        except StorageError as exc:
+            log.error("storage failed in a timer, will retry: %s", exc)
+
+    def _enqueue_fires(self, fires: list[p.JobSubmission], now: float) -> None:
+        jobs = self.manager.new_jobs(fires, now)
+        for job, result in zip(jobs, self.manager.add(jobs, now), strict=True):
+            done = "enqueued" if result.created else "was already enqueued"
+            log.info("cron: %s %s as %s", job.name, done, job.id)
+            self.maybe_ready.add(job.queue)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, peer: bytes, command: bytes, body: Any) -> bool:
+        """Send without ever blocking the loop; False when the peer is gone."""
+        assert self._socket is not None  # only called while running
+        try:
+            p.send(self._socket, [peer, *p.encode(command, body)], _NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.info("could not send %s to peer %s: %s", command.decode(), peer.hex(), exc)
+            return False
