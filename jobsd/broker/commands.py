@@ -117,7 +117,11 @@ class Commands:
         session, replaced = self.sessions.register(peer, hello, now)
         self.broker.cron.add(hello.schedules, now, by=peer)
         self._adopt(session, hello.running, now)
-        if replaced is not None:
+        if replaced is not None and not self.broker.send(replaced.peer, p.HEARTBEAT, {}):
+            # The same worker on a new connection, its old one gone: what the
+            # old session held and the HELLO did not take over goes back. (An
+            # old connection still there is left to its heartbeats: a HELLO
+            # naming another worker's id must not end that worker's session.)
             self.broker.end_session(replaced, "worker reconnected")
         self.manager.learn_job_types(hello.job_types)
         self.broker.maybe_ready.update(session.queues)
@@ -196,12 +200,13 @@ class Commands:
         self._session(peer)
 
     def bye(self, peer: bytes, body: Any, turn: Turn) -> None:
-        """The worker stops: send it nothing more; it reports what it holds."""
+        """The worker stops: send it nothing more; the session ends once the
+        worker has reported every job it holds (its stale runs too)."""
         session = self.sessions.get(peer)
         if session is not None:
             session.draining = True
             log.info("worker %s is stopping", session.worker_id)
-            if not session.inflight:
+            if not session.inflight and not session.held:
                 self.broker.end_session(session, "worker stopped")
 
     # -- producer requests, after the commit ------------------------------------------

@@ -183,7 +183,7 @@ class Broker:
             self._answer_finished(outcomes)
             if turn.reports:
                 for session in self.sessions:
-                    if session.draining and not session.inflight:
+                    if session.draining and not session.inflight and not session.held:
                         self.end_session(session, "worker stopped")
         for peer, command, body in turn.requests:
             self.commands.answer(peer, command, body, now)

@@ -71,7 +71,8 @@ class Heartbeats:
         for session in broker.sessions.silent_since(now - broker.config.silence):
             broker.end_session(session, "worker lost: no heartbeat")
         for session in broker.sessions:
-            broker.send(session.peer, HEARTBEAT, {})
+            if not broker.send(session.peer, HEARTBEAT, {}):  # its connection is gone
+                broker.end_session(session, "worker lost: could not send it a heartbeat")
 
 
 class Leases:

@@ -1,0 +1,48 @@
+"""Peers a test plays itself on raw sockets: a worker that says exactly what
+the test wants (or forges what a real one never would)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from jobsd import protocol
+
+
+class RawPeer:
+    """One DEALER connection to a broker, speaking the protocol by hand."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send(self, command: bytes, body: Any) -> None:
+        self.socket.send_multipart(protocol.encode(command, body))
+
+    def recv(self, expected: bytes, timeout: float = 10.0) -> Any:
+        """The body of the next ``expected`` message; others (heartbeats) are skipped."""
+        deadline = time.monotonic() + timeout
+        while self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            command, body = protocol.decode(self.socket.recv_multipart())
+            if command == expected:
+                return body
+        raise AssertionError(f"no {expected!r} from the broker within {timeout} s")
+
+    def hello(
+        self,
+        worker: str,
+        capacity: int = 1,
+        queues: tuple[str, ...] = ("default",),
+        running: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        hello = protocol.Hello(worker, list(queues), capacity, running=list(running))
+        self.send(protocol.HELLO, hello.to_wire())
+        self.recv(protocol.WELCOME)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
