@@ -14,8 +14,9 @@ from jobsd import protocol
 class RawPeer:
     """One DEALER connection to a broker, speaking the protocol by hand."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.context = zmq.Context()
+    def __init__(self, endpoint: str, context: zmq.Context[Any] | None = None) -> None:
+        self._own_context = context is None
+        self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
@@ -45,4 +46,5 @@ class RawPeer:
 
     def close(self) -> None:
         self.socket.close(linger=0)
-        self.context.term()
+        if self._own_context:
+            self.context.term()
