@@ -13,7 +13,30 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from jobsd import protocol
+from jobsd.protocol.framing import (
+    ACK,
+    BYE,
+    CANCEL,
+    DELETE,
+    FAIL,
+    GET,
+    HEARTBEAT,
+    HELLO,
+    LIST,
+    PAUSE,
+    PING,
+    PRODUCER_COMMANDS,
+    PURGE,
+    RELEASE,
+    RESUME,
+    RETRY,
+    STATS,
+    SUBMIT,
+    TAG,
+    WAIT,
+    WORKER_COMMANDS,
+    pack,
+)
 
 FUZZ = settings(
     deadline=None,
@@ -27,12 +50,12 @@ FUZZ = settings(
     ],
 )
 
-COMMANDS = sorted(protocol.PRODUCER_COMMANDS | protocol.WORKER_COMMANDS)
-ARGS = protocol.pack([[], {}])
+COMMANDS = sorted(PRODUCER_COMMANDS | WORKER_COMMANDS)
+ARGS = pack([[], {}])
 
 #: A valid body for every command, the starting point of the schema mutations.
 VALID: dict[bytes, Any] = {
-    protocol.SUBMIT: {
+    SUBMIT: {
         "jobs": [
             {
                 "id": "fuzz-1",
@@ -48,18 +71,18 @@ VALID: dict[bytes, Any] = {
             }
         ]
     },
-    protocol.GET: {"ids": ["fuzz-1"], "errors": True},
-    protocol.WAIT: {"id": "fuzz-1", "timeout": 0.0},
-    protocol.CANCEL: {"ids": ["fuzz-cancel"]},
-    protocol.RETRY: {"ids": ["fuzz-1"], "all_dead": True, "queue": "fuzz"},
-    protocol.DELETE: {"ids": ["fuzz-delete"]},
-    protocol.LIST: {"queue": "fuzz", "state": "scheduled", "limit": 5, "cursor": "s1000000"},
-    protocol.STATS: {},
-    protocol.PAUSE: {"queue": "fuzz-paused"},
-    protocol.RESUME: {"queue": "fuzz-paused"},
-    protocol.PURGE: {"states": ["dead"], "older_than": 1e9},
-    protocol.PING: {},
-    protocol.HELLO: {
+    GET: {"ids": ["fuzz-1"], "errors": True},
+    WAIT: {"id": "fuzz-1", "timeout": 0.0},
+    CANCEL: {"ids": ["fuzz-cancel"]},
+    RETRY: {"ids": ["fuzz-1"], "all_dead": True, "queue": "fuzz"},
+    DELETE: {"ids": ["fuzz-delete"]},
+    LIST: {"queue": "fuzz", "state": "scheduled", "limit": 5, "cursor": "s1000000"},
+    STATS: {},
+    PAUSE: {"queue": "fuzz-paused"},
+    RESUME: {"queue": "fuzz-paused"},
+    PURGE: {"states": ["dead"], "older_than": 1e9},
+    PING: {},
+    HELLO: {
         "worker": "fuzz-worker",
         "queues": ["fuzz-nothing"],
         "capacity": 1,
@@ -77,11 +100,11 @@ VALID: dict[bytes, Any] = {
         "running": [["fuzz-1", "fuzz-lease"]],
         "schedules": [["0 0 1 1 *", "fuzz", ARGS, "fuzz"]],
     },
-    protocol.ACK: {"acks": [["fuzz-1", "l1", None], ["fuzz-2", "l2", b"\xc0", 4e9]], "seq": 1},
-    protocol.FAIL: {"fails": [["fuzz-1", "l1", "boom", "error", None]], "seq": 2},
-    protocol.RELEASE: {"jobs": [["fuzz-1", "l1"]], "seq": 3},
-    protocol.HEARTBEAT: {},
-    protocol.BYE: {},
+    ACK: {"acks": [["fuzz-1", "l1", None], ["fuzz-2", "l2", b"\xc0", 4e9]], "seq": 1},
+    FAIL: {"fails": [["fuzz-1", "l1", "boom", "error", None]], "seq": 2},
+    RELEASE: {"jobs": [["fuzz-1", "l1"]], "seq": 3},
+    HEARTBEAT: {},
+    BYE: {},
 }
 
 # -- strategies ----------------------------------------------------------------------
@@ -133,20 +156,20 @@ hostile_msgpack = st.one_of(
 )
 bodies = st.one_of(
     st.binary(max_size=256),
-    values.map(protocol.pack),
-    st.builds(lambda v, cut: protocol.pack(v)[:cut], values, st.integers(0, 64)),
+    values.map(pack),
+    st.builds(lambda v, cut: pack(v)[:cut], values, st.integers(0, 64)),
     hostile_msgpack,
     # big: megabytes of data, well-formed or not (the socket limit is 64 MiB)
     st.builds(lambda mb, byte: bytes([byte]) * (mb << 20), st.integers(1, 4), st.integers(0, 255)),
     st.builds(
-        lambda mb: protocol.pack({"jobs": [{"id": "big", "name": "big", "args": bytes(mb << 20)}]}),
+        lambda mb: pack({"jobs": [{"id": "big", "name": "big", "args": bytes(mb << 20)}]}),
         st.integers(1, 4),
     ),
 )
 frame = st.one_of(
     st.binary(max_size=64),
-    st.sampled_from([b"", protocol.TAG, b"JOBSD0", b"JOBSD2", b"jobsd1", *COMMANDS]),
-    values.map(protocol.pack),
+    st.sampled_from([b"", TAG, b"JOBSD0", b"JOBSD2", b"jobsd1", *COMMANDS]),
+    values.map(pack),
 )
 
 
@@ -205,11 +228,11 @@ HOSTILE_CRON = [
 def schema_attacks(command: bytes) -> st.SearchStrategy[bytes]:
     """Bodies of ``command``: its valid body with one place changed, or (for
     HELLO) with a hostile schedule."""
-    attacks = mutated(VALID[command]).map(protocol.pack)
-    if command == protocol.HELLO:
+    attacks = mutated(VALID[command]).map(pack)
+    if command == HELLO:
         cron = st.sampled_from(HOSTILE_CRON) | st.text(max_size=30)
         attacks |= cron.map(
-            lambda c: protocol.pack({**VALID[command], "schedules": [[c, "fuzz", ARGS, "fuzz"]]})
+            lambda c: pack({**VALID[command], "schedules": [[c, "fuzz", ARGS, "fuzz"]]})
         )
     return attacks
 
@@ -219,7 +242,7 @@ messages = st.one_of(
     st.lists(frame, min_size=1, max_size=7),
     # the right frames around a random or hostile body
     st.builds(
-        lambda command, body: [b"", protocol.TAG, command, body],
+        lambda command, body: [b"", TAG, command, body],
         st.sampled_from(COMMANDS) | st.binary(max_size=12),
         bodies,
     ),

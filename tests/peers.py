@@ -8,7 +8,8 @@ from typing import Any
 
 import zmq
 
-from jobsd import protocol
+from jobsd.protocol.framing import HELLO, WELCOME, decode, encode
+from jobsd.protocol.worker import Hello
 
 
 class RawPeer:
@@ -22,13 +23,13 @@ class RawPeer:
         self.socket.connect(endpoint)
 
     def send(self, command: bytes, body: Any) -> None:
-        self.socket.send_multipart(protocol.encode(command, body))
+        self.socket.send_multipart(encode(command, body))
 
     def recv(self, expected: bytes, timeout: float = 10.0) -> Any:
         """The body of the next ``expected`` message; others (heartbeats) are skipped."""
         deadline = time.monotonic() + timeout
         while self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-            command, body = protocol.decode(self.socket.recv_multipart())
+            command, body = decode(self.socket.recv_multipart())
             if command == expected:
                 return body
         raise AssertionError(f"no {expected!r} from the broker within {timeout} s")
@@ -40,9 +41,9 @@ class RawPeer:
         queues: tuple[str, ...] = ("default",),
         running: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        hello = protocol.Hello(worker, list(queues), capacity, running=list(running))
-        self.send(protocol.HELLO, hello.to_wire())
-        self.recv(protocol.WELCOME)
+        hello = Hello(worker, list(queues), capacity, running=list(running))
+        self.send(HELLO, hello.to_wire())
+        self.recv(WELCOME)
 
     def close(self) -> None:
         self.socket.close(linger=0)

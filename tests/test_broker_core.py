@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 import zmq
 
-from jobsd import protocol
 from jobsd.broker import Broker, BrokerConfig
+from jobsd.protocol.framing import ACK, CONFIRM, HEARTBEAT, JOB, OK, PING, RECONNECT, SUBMIT, pack
+from jobsd.protocol.producer import pack_args
+from jobsd.protocol.worker import Ack, Dispatch
 from jobsd.storage import Grant, NewJob, Storage
 from jobsd.storage.memory import MemoryStorage
 from tests.peers import RawPeer
 
 START = 1_700_000_000.0
-ARGS = protocol.pack_args([], {})
+ARGS = pack_args([], {})
 _names = itertools.count()
 
 
@@ -48,8 +50,8 @@ class Core:
         return peer
 
     def ping(self) -> None:
-        self.producer.send(protocol.PING, {})
-        self.producer.recv(protocol.OK)
+        self.producer.send(PING, {})
+        self.producer.recv(OK)
 
     def advance(self, seconds: float, step: float = 0.5) -> None:
         """Move the clock by steps shorter than a heartbeat (a longer one is a
@@ -64,15 +66,15 @@ class Core:
 
     def submit(self, *ids: str, queue: str = "default") -> None:
         jobs = [{"id": job_id, "name": "n", "args": ARGS, "queue": queue} for job_id in ids]
-        self.producer.send(protocol.SUBMIT, {"jobs": jobs})
-        self.producer.recv(protocol.OK)
+        self.producer.send(SUBMIT, {"jobs": jobs})
+        self.producer.recv(OK)
 
     def job(self, job_id: str) -> Any:
         return self.storage.get([job_id])[job_id]
 
     def close(self) -> None:
         self.broker.stop()
-        self.producer.send(protocol.PING, {})  # wakes the loop, if it waits
+        self.producer.send(PING, {})  # wakes the loop, if it waits
         self.thread.join(10)
         assert not self.thread.is_alive(), "the broker loop did not stop"
         for peer in self.peers:
@@ -89,9 +91,9 @@ def core() -> Iterator[Core]:
         c.close()
 
 
-def take(worker: RawPeer) -> protocol.Dispatch:
-    (item,) = worker.recv(protocol.JOB)["jobs"]
-    return protocol.Dispatch.from_wire(item)
+def take(worker: RawPeer) -> Dispatch:
+    (item,) = worker.recv(JOB)["jobs"]
+    return Dispatch.from_wire(item)
 
 
 def test_a_silent_worker_is_lost_and_its_job_ready_again_with_the_attempt_counted(
@@ -106,8 +108,8 @@ def test_a_silent_worker_is_lost_and_its_job_ready_again_with_the_attempt_counte
     core.advance(0.2)
     a = core.job("a")
     assert (a.state, a.attempts, a.error) == ("ready", 1, "worker lost: no heartbeat")
-    worker.send(protocol.HEARTBEAT, {})
-    worker.recv(protocol.RECONNECT)
+    worker.send(HEARTBEAT, {})
+    worker.recv(RECONNECT)
 
 
 def test_a_repeated_hello_keeps_the_jobs_of_its_session(core: Core) -> None:
@@ -120,8 +122,8 @@ def test_a_repeated_hello_keeps_the_jobs_of_its_session(core: Core) -> None:
     worker.hello("w1")  # says nothing of the job: its JOB may still be in flight
     core.ping()
     assert core.job("a").state == "running"
-    worker.send(protocol.ACK, {"acks": [protocol.Ack("a", job.lease, None).to_wire()], "seq": 1})
-    worker.recv(protocol.CONFIRM)
+    worker.send(ACK, {"acks": [Ack("a", job.lease, None).to_wire()], "seq": 1})
+    worker.recv(CONFIRM)
     a = core.job("a")
     assert (a.state, a.attempts) == ("done", 1)
 
@@ -129,32 +131,38 @@ def test_a_repeated_hello_keeps_the_jobs_of_its_session(core: Core) -> None:
 def test_an_unknown_connection_is_told_to_say_hello_once(core: Core) -> None:
     stranger = core.peer()
     for _ in range(3):
-        stranger.send(protocol.HEARTBEAT, {})
-    stranger.recv(protocol.RECONNECT)
-    stranger.send(protocol.PING, {})
-    stranger.recv(protocol.OK)  # no second RECONNECT came before it
+        stranger.send(HEARTBEAT, {})
+    stranger.recv(RECONNECT)
+    stranger.send(PING, {})
+    stranger.recv(OK)  # no second RECONNECT came before it
     stranger.hello("w1")
-    stranger.send(protocol.HEARTBEAT, {})
+    stranger.send(HEARTBEAT, {})
     core.ping()
     assert len(core.broker.sessions) == 1
 
 
 def test_a_worker_that_reconnects_takes_its_running_jobs_to_the_new_session(core: Core) -> None:
     """The same worker on a new socket, its HELLO naming the lease: the job
-    stays its own, and the old session ends without a loss."""
+    stays its own; what the old session held besides goes back once the
+    broker finds the old connection gone."""
     old = core.peer()
     old.hello("w1", capacity=2)
     core.submit("a", "b")
-    jobs: dict[str, protocol.Dispatch] = {}
+    jobs: dict[str, Dispatch] = {}
     while len(jobs) < 2:
-        for item in old.recv(protocol.JOB)["jobs"]:
-            dispatched = protocol.Dispatch.from_wire(item)
+        for item in old.recv(JOB)["jobs"]:
+            dispatched = Dispatch.from_wire(item)
             jobs[dispatched.id] = dispatched
     old.close()
     core.peers.remove(old)
     new = core.peer()
     new.hello("w1", capacity=1, running=(("a", jobs["a"].lease),))
-    core.ping()
+    for _ in range(8):  # until the broker finds the old connection gone (a failed
+        # heartbeat to it), or silent past its liveness (3 s) at the latest
+        if core.job("b").state == "ready":
+            break
+        new.send(HEARTBEAT, {})
+        core.advance(0.5)
     a, b = core.job("a"), core.job("b")
     assert (a.state, a.attempts, a.lease) == ("running", 1, jobs["a"].lease)
     # b was the old connection's and the new HELLO does not name it: it goes back.
@@ -175,7 +183,7 @@ def test_after_a_restart_the_jobs_no_worker_came_back_for_go_back_after_one_live
 
         def live(seconds: float) -> None:  # time passes; the worker heartbeats
             for _ in range(round(seconds / 0.5)):
-                worker.send(protocol.HEARTBEAT, {})
+                worker.send(HEARTBEAT, {})
                 core.advance(0.5)
 
         live(2.5)
@@ -201,13 +209,13 @@ def test_a_report_for_a_job_no_session_holds_counts_only_from_its_worker() -> No
         impostor, real = core.peer(), core.peer()
         impostor.hello("w2", queues=("none",))
         real.hello("w1", queues=("none",))  # a HELLO that forgot the lease
-        ack = {"acks": [protocol.Ack("a", "t-a", protocol.pack("r")).to_wire()], "seq": 1}
-        impostor.send(protocol.ACK, ack)
-        impostor.recv(protocol.CONFIRM)
+        ack = {"acks": [Ack("a", "t-a", pack("r")).to_wire()], "seq": 1}
+        impostor.send(ACK, ack)
+        impostor.recv(CONFIRM)
         assert core.job("a").state == "running"
-        real.send(protocol.ACK, ack)
-        real.recv(protocol.CONFIRM)
-        assert (core.job("a").state, core.job("a").result) == ("done", protocol.pack("r"))
+        real.send(ACK, ack)
+        real.recv(CONFIRM)
+        assert (core.job("a").state, core.job("a").result) == ("done", pack("r"))
         assert core.broker.manager.stale_reports == 1
     finally:
         core.close()

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobsd import protocol
 from jobsd.broker.cron import CronTable
+from jobsd.protocol.framing import ProtocolError
+from jobsd.protocol.worker import Schedule
 from tests.fuzzing import ARGS, FUZZ, HOSTILE_CRON
 
 cron_fields = st.sampled_from(["*", "0", "1", "59", "*/7", "1-5", "30", "31", "2", "1970", "2027"])
@@ -40,8 +41,8 @@ def test_schedules_refuse_or_fire_but_never_raise(
     there would stop the broker), even once the schedule has no fire left."""
     table = CronTable()
     try:
-        table.add([protocol.Schedule(cron, "tick", ARGS, None)], start)
-    except protocol.ProtocolError:
+        table.add([Schedule(cron, "tick", ARGS, None)], start)
+    except ProtocolError:
         return
     now = start
     for step in steps:
@@ -71,7 +72,7 @@ def test_a_broker_that_slept_through_many_fires_runs_the_latest_once(
     every missed fire (a week of a per-second schedule took seconds)."""
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
     table = CronTable()
-    table.add([protocol.Schedule(cron, "tick", ARGS, None)], start - 0.5)
+    table.add([Schedule(cron, "tick", ARGS, None)], start - 0.5)
     (fire,) = table.due(start + gap)
     assert fire.options is not None and fire.options.run_at == start + expected_latest
     assert fire.id.endswith(f"-{int(start + expected_latest)}")
@@ -84,7 +85,7 @@ def test_a_schedule_fires_while_some_worker_declares_it() -> None:
     """A schedule lives while a connected worker session declares it: it
     stops when the last one that declared it ends."""
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
-    every_second = protocol.Schedule("* * * * * *", "tick", ARGS, None)
+    every_second = Schedule("* * * * * *", "tick", ARGS, None)
     table = CronTable()
     table.add([every_second], start, by=b"worker-1")
     table.add([every_second], start, by=b"worker-2")

@@ -18,7 +18,21 @@ from typing import Any
 import pytest
 import zmq
 
-from jobsd import BrokerError, Client, JobRequest, protocol
+from jobsd import BrokerError, Client, JobRequest
+from jobsd.protocol.framing import (
+    ACK,
+    BYE,
+    CONFIRM,
+    HEARTBEAT,
+    HELLO,
+    JOB,
+    RELEASE,
+    WELCOME,
+    decode,
+    encode,
+    pack,
+)
+from jobsd.protocol.worker import Dispatch
 from tests.apps.faults import gate
 from tests.conftest import Cluster, Process
 
@@ -43,8 +57,10 @@ def worker_stats(client: Client, pid: int) -> dict[str, Any]:
 
 
 def lost_line(worker: Process, jobs: int) -> str:
-    """The broker's log line when it declares ``worker`` lost."""
-    return rf"worker lost: no heartbeat: \S+:{worker.pid}:\w+, {jobs} job\(s\) go back"
+    """The broker's log line when it declares ``worker`` lost: silent (a
+    stopped process), or its connection gone (a killed one)."""
+    reason = r"(no heartbeat|could not send it (?:a heartbeat|jobs))"
+    return rf"worker lost: {reason}: \S+:{worker.pid}:\w+, {jobs} job\(s\) go back"
 
 
 def test_worker_kill_9_mid_job_runs_it_again_elsewhere_within_3_heartbeats_and_1_s(
@@ -308,9 +324,9 @@ class ScriptedBroker:
         deadline = time.monotonic() + timeout
         while self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             peer, *frames = self.socket.recv_multipart()
-            command, body = protocol.decode(frames)
-            if command == protocol.HEARTBEAT:
-                self.send(protocol.HEARTBEAT, {}, peer)
+            command, body = decode(frames)
+            if command == HEARTBEAT:
+                self.send(HEARTBEAT, {}, peer)
                 continue
             assert command == expected, (command, body)
             self.peer = peer
@@ -318,7 +334,7 @@ class ScriptedBroker:
         raise AssertionError(f"no {expected!r} from the worker within {timeout} s")
 
     def send(self, command: bytes, body: Any, peer: bytes | None = None) -> None:
-        self.socket.send_multipart([peer or self.peer, *protocol.encode(command, body)])
+        self.socket.send_multipart([peer or self.peer, *encode(command, body)])
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -337,27 +353,27 @@ def test_a_stopping_worker_hands_back_jobs_it_has_not_started(
         busy = cluster.worker(
             broker.endpoint, APP, "-c", "4", "--prefetch", "0", "--heartbeat", "1", wait=False
         )
-        hello = broker.recv(protocol.HELLO)
+        hello = broker.recv(HELLO)
         assert hello["capacity"] == 4 and hello["running"] == []
-        broker.send(protocol.WELCOME, {"heartbeat": 1.0, "liveness": 3})
-        args = protocol.pack([[str(tmp_path)], {}])
-        running = protocol.Dispatch("running-job", "hold", "default", 1, args, None, "lease-1")
-        late = protocol.Dispatch("late-job", "hold", "default", 3, args, None, "lease-2")
-        broker.send(protocol.JOB, {"jobs": [running.to_wire()]})
+        broker.send(WELCOME, {"heartbeat": 1.0, "liveness": 3})
+        args = pack([[str(tmp_path)], {}])
+        running = Dispatch("running-job", "hold", "default", 1, args, None, "lease-1")
+        late = Dispatch("late-job", "hold", "default", 3, args, None, "lease-2")
+        broker.send(JOB, {"jobs": [running.to_wire()]})
         started(busy, running.id, 1)
 
         busy.signal(signal.SIGTERM)
-        broker.recv(protocol.BYE)
-        broker.send(protocol.JOB, {"jobs": [late.to_wire()]})
-        release = broker.recv(protocol.RELEASE)
+        broker.recv(BYE)
+        broker.send(JOB, {"jobs": [late.to_wire()]})
+        release = broker.recv(RELEASE)
         assert release["jobs"] == [[late.id, late.lease]]
-        broker.send(protocol.CONFIRM, {"seq": release["seq"]})
+        broker.send(CONFIRM, {"seq": release["seq"]})
         busy.wait_for(r"handing back 1 job\(s\) not started")
 
         open_gate(tmp_path, running.id, 1)
-        ack = broker.recv(protocol.ACK)
+        ack = broker.recv(ACK)
         assert [item[:2] for item in ack["acks"]] == [[running.id, running.lease]]
-        broker.send(protocol.CONFIRM, {"seq": ack["seq"]})
+        broker.send(CONFIRM, {"seq": ack["seq"]})
         assert busy.proc.wait(10) == 0
         assert f"job-started {late.id}" not in busy.output()
     finally:

@@ -15,7 +15,21 @@ import re
 import time
 from pathlib import Path
 
-from jobsd import Client, JobRequest, protocol
+from jobsd import Client, JobRequest
+from jobsd.protocol.framing import (
+    ACK,
+    BYE,
+    CONFIRM,
+    FAIL,
+    GET,
+    JOB,
+    OK,
+    PING,
+    RECONNECT,
+    RELEASE,
+    pack,
+)
+from jobsd.protocol.worker import Dispatch
 from tests.conftest import Cluster, Process
 from tests.peers import RawPeer
 from tests.test_faults import APP, HB, open_gate, started
@@ -38,11 +52,11 @@ def test_a_forged_ack_from_a_connection_without_hello_changes_nothing(
     forger = RawPeer(endpoint)
     try:
         # The right id and attempt, and any lease it may guess: never HELLO'd.
-        forger.send(protocol.ACK, {"acks": [[job_id, "1", protocol.pack("forged")]], "seq": 1})
-        forger.recv(protocol.RECONNECT)  # told to register; nothing confirmed
-        forger.send(protocol.ACK, {"acks": [[job_id, "1", protocol.pack("forged")]], "seq": 2})
-        forger.send(protocol.PING, {})  # a reply after the ACK: the broker read both
-        forger.recv(protocol.OK)
+        forger.send(ACK, {"acks": [[job_id, "1", pack("forged")]], "seq": 1})
+        forger.recv(RECONNECT)  # told to register; nothing confirmed
+        forger.send(ACK, {"acks": [[job_id, "1", pack("forged")]], "seq": 2})
+        forger.send(PING, {})  # a reply after the ACK: the broker read both
+        forger.recv(OK)
     finally:
         forger.close()
     status = client.status(job_id)
@@ -65,12 +79,12 @@ def test_a_forged_report_from_a_registered_connection_is_stale(
     try:
         forger.hello(victim, queues=("nothing",))  # even under the victim's worker id
         for command, body in [
-            (protocol.ACK, {"acks": [[job_id, "guess", protocol.pack("forged")]], "seq": 1}),
-            (protocol.FAIL, {"fails": [[job_id, "guess", "forged", "final", None]], "seq": 2}),
-            (protocol.RELEASE, {"jobs": [[job_id, "guess"]], "seq": 3}),
+            (ACK, {"acks": [[job_id, "guess", pack("forged")]], "seq": 1}),
+            (FAIL, {"fails": [[job_id, "guess", "forged", "final", None]], "seq": 2}),
+            (RELEASE, {"jobs": [[job_id, "guess"]], "seq": 3}),
         ]:
             forger.send(command, body)
-            assert forger.recv(protocol.CONFIRM) == {"seq": body["seq"]}
+            assert forger.recv(CONFIRM) == {"seq": body["seq"]}
     finally:
         forger.close()
     assert client.stats()["stale_reports"] == 3
@@ -93,13 +107,13 @@ def test_a_release_resent_after_a_reconnect_does_not_take_the_job_from_its_new_w
     scripted = RawPeer(endpoint)
     scripted.hello("scripted")
     job_id = client.submit("hold", str(tmp_path))
-    (item,) = scripted.recv(protocol.JOB)["jobs"]
-    dispatched = protocol.Dispatch.from_wire(item)
+    (item,) = scripted.recv(JOB)["jobs"]
+    dispatched = Dispatch.from_wire(item)
     assert (dispatched.id, dispatched.attempt) == (job_id, 1)
     release = {"jobs": [[job_id, dispatched.lease]], "seq": 1}
-    scripted.send(protocol.BYE, {})
-    scripted.send(protocol.RELEASE, release)
-    scripted.recv(protocol.CONFIRM)
+    scripted.send(BYE, {})
+    scripted.send(RELEASE, release)
+    scripted.recv(CONFIRM)
     scripted.close()
 
     taker = cluster.worker(endpoint, APP, "-c", "1", "--prefetch", "0")
@@ -110,9 +124,9 @@ def test_a_release_resent_after_a_reconnect_does_not_take_the_job_from_its_new_w
     again = RawPeer(endpoint)
     try:  # it still answers for the lease its RELEASE names, as a worker says
         again.hello("scripted", running=((job_id, dispatched.lease),))
-        again.send(protocol.BYE, {})
-        again.send(protocol.RELEASE, release)
-        again.recv(protocol.CONFIRM)
+        again.send(BYE, {})
+        again.send(RELEASE, release)
+        again.recv(CONFIRM)
     finally:
         again.close()
     assert f":{taker.pid}:" in worker_of(client, job_id)
@@ -171,7 +185,7 @@ def test_a_killed_workers_jobs_run_elsewhere_once_a_send_to_it_fails(
     bound = 3 * heartbeat + 1.0
     print(f"\nrequeue delay after kill -9, found by a failed send: {delay:.3f} s (bound {bound} s)")
     assert delay < bound
-    broker.wait_for(rf"worker lost: could not send it \w+: \S+:{doomed.pid}:\w+")
+    broker.wait_for(rf"worker lost: could not send it (?:a heartbeat|jobs): \S+:{doomed.pid}:\w+")
     started(other, pushed, 1)
     for job, attempt in ((job_id, 2), (pushed, 1)):
         open_gate(tmp_path, job, attempt)
@@ -264,10 +278,10 @@ def test_a_lease_is_sent_with_each_job_and_never_shown_to_producers(
         ids = [client.submit("hold", str(tmp_path)) for _ in range(2)]
         leases = set()
         while len(leases) < 2:
-            for item in scripted.recv(protocol.JOB)["jobs"]:
-                leases.add(protocol.Dispatch.from_wire(item).lease)
+            for item in scripted.recv(JOB)["jobs"]:
+                leases.add(Dispatch.from_wire(item).lease)
         assert all(len(lease) == 32 for lease in leases)
-        for view in client._request(protocol.GET, {"ids": ids})["jobs"]:
+        for view in client._request(GET, {"ids": ids})["jobs"]:
             assert "lease" not in view
             assert not leases & {value for value in view.values() if isinstance(value, str)}
     finally:

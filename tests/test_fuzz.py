@@ -25,7 +25,18 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobsd import protocol
+from jobsd.protocol.framing import (
+    BYE,
+    ERROR,
+    OK,
+    PING,
+    PRODUCER_COMMANDS,
+    TAG,
+    WAIT,
+    ProtocolError,
+    decode,
+    encode,
+)
 from jobsd.vocabulary import MAX_MESSAGE_BYTES
 from tests.conftest import Cluster
 from tests.fuzzing import COMMANDS, FUZZ, bodies, messages, schema_attacks
@@ -86,8 +97,8 @@ class Target:
     def note(self, frames: list[bytes]) -> None:
         """Check one reply (well formed, and no ERROR code outside the
         protocol's); count it by kind."""
-        command, body = protocol.decode(frames)
-        if command == protocol.ERROR:
+        command, body = decode(frames)
+        if command == ERROR:
             assert isinstance(body, dict) and body.get("code") in ERROR_CODES, body
             self.replies[f"ERROR {body['code']}"] += 1
         else:
@@ -141,10 +152,10 @@ def expects_reply(frames: list[bytes]) -> bool:
     worker report or HEARTBEAT (RECONNECT: the broker does not know it). Not
     to a well-formed BYE, nor to a WAIT (held until its job ends)."""
     try:
-        command, _ = protocol.decode(frames)
-    except protocol.ProtocolError:
+        command, _ = decode(frames)
+    except ProtocolError:
         return True
-    return command not in (protocol.BYE, protocol.WAIT)
+    return command not in (BYE, WAIT)
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +192,13 @@ def test_fuzz_command_fields(target: Target, command: bytes) -> None:
     def attack(body: bytes) -> None:
         nonlocal examples
         examples += 1
-        target.attack([b"", protocol.TAG, command, body])
+        target.attack([b"", TAG, command, body])
 
     attack()
     target.check_after(f"{command.decode()} fields", examples, began)
 
 
-REQUESTS = sorted(protocol.PRODUCER_COMMANDS - {protocol.WAIT})
+REQUESTS = sorted(PRODUCER_COMMANDS - {WAIT})
 
 
 def test_fuzz_producer_requests_on_req_sockets(target: Target) -> None:
@@ -206,7 +217,7 @@ def test_fuzz_producer_requests_on_req_sockets(target: Target) -> None:
         command, body = request
         sock = target.socket(zmq.REQ)
         try:
-            sock.send_multipart([protocol.TAG, command, body])
+            sock.send_multipart([TAG, command, body])
             assert sock.poll(REPLY_TIMEOUT_MS), f"no reply to {command!r} {body!r:.300}"
             target.note([b"", *sock.recv_multipart()])
             target.alive()
@@ -225,13 +236,13 @@ def test_a_message_over_the_size_limit_costs_only_its_connection(target: Target)
     sock = target.socket(zmq.DEALER)
     try:
         oversized = b"\0" * (MAX_MESSAGE_BYTES + 1)
-        sock.send_multipart([b"", protocol.TAG, protocol.PING, oversized])
+        sock.send_multipart([b"", TAG, PING, oversized])
         del oversized
         assert not sock.poll(500)
         target.alive()
-        sock.send_multipart(protocol.encode(protocol.PING, {}))  # libzmq reconnected it
+        sock.send_multipart(encode(PING, {}))  # libzmq reconnected it
         assert sock.poll(REPLY_TIMEOUT_MS)
-        assert protocol.decode(sock.recv_multipart())[0] == protocol.OK
+        assert decode(sock.recv_multipart())[0] == OK
     finally:
         sock.close(linger=0)
     target.check_after("a message over 64 MiB", 1, began)

@@ -7,15 +7,25 @@ import random
 
 import pytest
 
-from jobsd import JobOptions, protocol
+from jobsd import JobOptions
 from jobsd.broker.config import BrokerConfig
 from jobsd.broker.manager import JobManager, Report
-from jobsd.protocol import Backoff
+from jobsd.protocol.backoff import Backoff
+from jobsd.protocol.producer import JobSubmission, ListRequest, RetryRequest, pack_args
+from jobsd.protocol.worker import (
+    FAIL_CANCELLED,
+    FAIL_ERROR,
+    FAIL_FINAL,
+    FAIL_RETRY,
+    FAIL_TIMEOUT,
+    Ack,
+    Fail,
+)
 from jobsd.storage import JobRecord
 from jobsd.storage.memory import MemoryStorage
 
 NOW = 1_700_000_000.0
-ARGS = protocol.pack_args([], {})
+ARGS = pack_args([], {})
 
 
 @pytest.fixture
@@ -27,7 +37,7 @@ def manager() -> JobManager:
 def submit(
     manager: JobManager, job_id: str, options: JobOptions | None = None, name: str = "n"
 ) -> None:
-    jobs = manager.new_jobs([protocol.JobSubmission(job_id, name, ARGS, options)], NOW)
+    jobs = manager.new_jobs([JobSubmission(job_id, name, ARGS, options)], NOW)
     assert manager.add(jobs, NOW)[0].created
 
 
@@ -35,10 +45,8 @@ def claim(manager: JobManager, limit: int = 1, queue: str = "default") -> list[J
     return manager.claim([queue], limit, NOW, "w1")
 
 
-def fail(
-    manager: JobManager, job: JobRecord, kind: str = protocol.FAIL_ERROR, **extra: float
-) -> None:
-    outcome = protocol.Fail(job.id, job.lease or "", "boom", kind, extra.get("retry_at"))
+def fail(manager: JobManager, job: JobRecord, kind: str = FAIL_ERROR, **extra: float) -> None:
+    outcome = Fail(job.id, job.lease or "", "boom", kind, extra.get("retry_at"))
     (result,) = manager.report([Report(job.held(), outcome, job)], NOW)
     assert result.accepted
 
@@ -47,10 +55,10 @@ def test_a_submit_takes_its_types_defaults_then_the_brokers(manager: JobManager)
     manager.learn_job_types({"send": JobOptions(queue="emails", max_attempts=5, timeout=30.0)})
     jobs = manager.new_jobs(
         [
-            protocol.JobSubmission("a", "send", ARGS),
-            protocol.JobSubmission("b", "send", ARGS, JobOptions(max_attempts=0, delay=60)),
-            protocol.JobSubmission("c", "other", ARGS),
-            protocol.JobSubmission("d", "other", ARGS, JobOptions(timeout=0, priority=3)),
+            JobSubmission("a", "send", ARGS),
+            JobSubmission("b", "send", ARGS, JobOptions(max_attempts=0, delay=60)),
+            JobSubmission("c", "other", ARGS),
+            JobSubmission("d", "other", ARGS, JobOptions(timeout=0, priority=3)),
         ],
         NOW,
     )
@@ -78,9 +86,9 @@ def test_a_failure_retries_by_backoff_until_its_attempts_are_spent(manager: JobM
 @pytest.mark.parametrize(
     ("kind", "state"),
     [
-        (protocol.FAIL_FINAL, "dead"),
-        (protocol.FAIL_CANCELLED, "cancelled"),
-        (protocol.FAIL_TIMEOUT, "scheduled"),
+        (FAIL_FINAL, "dead"),
+        (FAIL_CANCELLED, "cancelled"),
+        (FAIL_TIMEOUT, "scheduled"),
     ],
 )
 def test_what_a_failure_says_decides_its_end(manager: JobManager, kind: str, state: str) -> None:
@@ -93,7 +101,7 @@ def test_what_a_failure_says_decides_its_end(manager: JobManager, kind: str, sta
 def test_a_retry_asked_for_is_never_in_the_past(manager: JobManager) -> None:
     submit(manager, "a")
     (job,) = claim(manager)
-    fail(manager, job, protocol.FAIL_RETRY, retry_at=NOW - 100)
+    fail(manager, job, FAIL_RETRY, retry_at=NOW - 100)
     a = manager.storage.get(["a"])["a"]
     assert (a.state, a.run_at) == ("ready", NOW)
 
@@ -117,7 +125,7 @@ def test_reports_for_leases_gone_are_counted_stale(manager: JobManager) -> None:
     manager.hand_back([job], NOW)
     (again,) = claim(manager)
     assert again.lease != job.lease and again.attempts == job.attempts == 1
-    (outcome,) = manager.report([Report(job.held(), protocol.Ack("a", job.lease or ""), job)], NOW)
+    (outcome,) = manager.report([Report(job.held(), Ack("a", job.lease or ""), job)], NOW)
     assert not outcome.accepted and manager.stale_reports == 1
 
 
@@ -125,7 +133,7 @@ def test_retry_all_dead_finds_them_a_page_at_a_time(manager: JobManager) -> None
     for i in range(1100):
         submit(manager, f"j{i:04}", JobOptions(max_attempts=1))
     manager.lost(claim(manager, 1100), "lost", NOW)
-    ids, retried = manager.retry(protocol.RetryRequest([], all_dead=True), NOW)
+    ids, retried = manager.retry(RetryRequest([], all_dead=True), NOW)
     assert len(ids) == 1100 and all(retried)
 
 
@@ -134,7 +142,7 @@ def test_list_pages_with_a_cursor_until_none(manager: JobManager) -> None:
         submit(manager, f"j{i}")
     seen, cursor = [], None
     while True:
-        views, cursor = manager.list_page(protocol.ListRequest(limit=2, cursor=cursor))
+        views, cursor = manager.list_page(ListRequest(limit=2, cursor=cursor))
         seen += [view["id"] for view in views]
         if cursor is None:
             break
@@ -145,7 +153,7 @@ def test_retention_keeps_each_final_state_its_own_time(manager: JobManager) -> N
     for job_id in ("done", "dead", "cancelled"):
         submit(manager, job_id, JobOptions(max_attempts=1))
     done, dead = claim(manager, 2)
-    manager.report([Report(done.held(), protocol.Ack("done", done.lease or ""), done)], NOW)
+    manager.report([Report(done.held(), Ack("done", done.lease or ""), done)], NOW)
     manager.lost([dead], "lost", NOW)
     manager.cancel(["cancelled"], NOW)
     manager.retention(NOW + 6)

@@ -8,30 +8,50 @@ from typing import Any
 import msgpack
 import pytest
 
-from jobsd import JobOptions, JobRequest, protocol
-from jobsd.protocol import Backoff
+from jobsd import JobOptions, JobRequest
+from jobsd.protocol.backoff import Backoff
+from jobsd.protocol.framing import ProtocolError, pack, unpack
+from jobsd.protocol.options import OPTION_NAMES
+from jobsd.protocol.producer import (
+    JobSubmission,
+    ListRequest,
+    WaitRequest,
+    check_empty,
+    make_cursor,
+    pack_args,
+    read_cursor,
+)
+from jobsd.protocol.worker import (
+    Ack,
+    Dispatch,
+    Hello,
+    decode_acks,
+    decode_fails,
+    decode_jobs,
+    decode_releases,
+)
 from tests.fuzzing import _nested
 
-ARGS = protocol.pack_args([1], {})
+ARGS = pack_args([1], {})
 
 
 def test_hostile_msgpack_raises_protocol_error_only() -> None:
     """Hostile msgpack raises ProtocolError, nothing else, and never
     allocates what the data only claims."""
     for data in [_nested(100_000, "array"), _nested(100_000, "map"), b"\xdd\xff\xff\xff\xff"]:
-        with pytest.raises(protocol.ProtocolError):
-            protocol.unpack(data)
-    with pytest.raises(protocol.ProtocolError):
-        protocol.unpack(msgpack.packb(msgpack.ExtType(1, b"x")))
+        with pytest.raises(ProtocolError):
+            unpack(data)
+    with pytest.raises(ProtocolError):
+        unpack(msgpack.packb(msgpack.ExtType(1, b"x")))
 
 
 def test_a_submission_of_three_fields_takes_defaults_and_options_are_still_checked() -> None:
     """The decoder's quick path for the common submit (id, name, args and
     nothing else) must not let a submit with options skip their checks."""
-    plain = protocol.JobSubmission.from_wire({"id": "a", "name": "n", "args": ARGS})
-    assert plain == protocol.JobSubmission("a", "n", ARGS)
+    plain = JobSubmission.from_wire({"id": "a", "name": "n", "args": ARGS})
+    assert plain == JobSubmission("a", "n", ARGS)
     with_options = {"id": "a", "name": "n", "args": ARGS, "queue": "q", "priority": 7}
-    options = protocol.JobSubmission.from_wire(with_options).options
+    options = JobSubmission.from_wire(with_options).options
     assert options == JobOptions(queue="q", priority=7)
     bad = [
         ({"priority": 65536}, "priority"),
@@ -45,21 +65,19 @@ def test_a_submission_of_three_fields_takes_defaults_and_options_are_still_check
         ({"max_attempts": 1_000_001}, "max_attempts"),
     ]
     for option, field in bad:
-        with pytest.raises(protocol.ProtocolError, match=field):
-            protocol.JobSubmission.from_wire({"id": "a", "name": "n", "args": ARGS, **option})
+        with pytest.raises(ProtocolError, match=field):
+            JobSubmission.from_wire({"id": "a", "name": "n", "args": ARGS, **option})
     for missing in ("id", "name", "args"):
         item = {"id": "a", "name": "n", "args": ARGS, "extra": 1}
         del item[missing]
-        with pytest.raises(protocol.ProtocolError, match=missing):
-            protocol.JobSubmission.from_wire(item)
+        with pytest.raises(ProtocolError, match=missing):
+            JobSubmission.from_wire(item)
 
 
-@pytest.mark.parametrize(
-    "args", [b"", b"\xc0", protocol.pack([1, 2]), protocol.pack([[], []]), protocol.pack({"a": 1})]
-)
+@pytest.mark.parametrize("args", [b"", b"\xc0", pack([1, 2]), pack([[], []]), pack({"a": 1})])
 def test_args_that_are_not_the_envelope_are_refused_at_submit(args: bytes) -> None:
-    with pytest.raises(protocol.ProtocolError, match="args"):
-        protocol.JobSubmission.from_wire({"id": "a", "name": "n", "args": args})
+    with pytest.raises(ProtocolError, match="args"):
+        JobSubmission.from_wire({"id": "a", "name": "n", "args": args})
 
 
 def test_one_options_check_serves_every_entry_point() -> None:
@@ -68,9 +86,7 @@ def test_one_options_check_serves_every_entry_point() -> None:
     for make in (
         lambda: JobOptions(priority=-1),
         lambda: JobRequest("n", priority=-1),
-        lambda: protocol.JobSubmission.from_wire(
-            {"id": "a", "name": "n", "args": ARGS, "priority": -1}
-        ),
+        lambda: JobSubmission.from_wire({"id": "a", "name": "n", "args": ARGS, "priority": -1}),
     ):
         with pytest.raises(ValueError, match="priority"):
             make()
@@ -78,7 +94,7 @@ def test_one_options_check_serves_every_entry_point() -> None:
         JobRequest("n", colour="red")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backoff"):
         Backoff.fixed(-1.0)
-    assert protocol.OPTION_NAMES == tuple(JobOptions.__dataclass_fields__)
+    assert OPTION_NAMES == tuple(JobOptions.__dataclass_fields__)
 
 
 def test_options_merge_over_a_job_types_defaults() -> None:
@@ -91,40 +107,40 @@ def test_options_merge_over_a_job_types_defaults() -> None:
 def test_a_fail_whose_kind_is_not_a_string_is_a_bad_request() -> None:
     """An unhashable kind once answered internal_error."""
     for kind in (["error"], {"a": 1}, 7, None):
-        with pytest.raises(protocol.ProtocolError, match="kind"):
-            protocol.decode_fails({"fails": [["j", "lease", "boom", kind, None]]})
+        with pytest.raises(ProtocolError, match="kind"):
+            decode_fails({"fails": [["j", "lease", "boom", kind, None]]})
 
 
 def test_a_hello_round_trips_through_its_own_decoder() -> None:
     """Its defaults (an empty host) once failed its own decoder."""
-    hello = protocol.Hello("w1", ["q"], 4)
-    assert protocol.Hello.from_wire(hello.to_wire()) == hello
-    typed = protocol.Hello(
+    hello = Hello("w1", ["q"], 4)
+    assert Hello.from_wire(hello.to_wire()) == hello
+    typed = Hello(
         "w1", ["q"], 4, job_types={"send": JobOptions(queue="q", backoff=Backoff.fixed(2.0))}
     )
-    assert protocol.Hello.from_wire(typed.to_wire()) == typed
+    assert Hello.from_wire(typed.to_wire()) == typed
 
 
 def test_a_jobs_timeout_is_checked_and_zero_means_no_limit() -> None:
     def job(timeout: Any) -> list[Any]:
-        return protocol.Dispatch("j", "n", "q", 1, ARGS, timeout, "lease").to_wire()
+        return Dispatch("j", "n", "q", 1, ARGS, timeout, "lease").to_wire()
 
-    assert protocol.decode_jobs({"jobs": [job(2)]})[0].timeout == 2.0
-    assert protocol.decode_jobs({"jobs": [job(0)]})[0].timeout is None
-    assert protocol.decode_jobs({"jobs": [job(None)]})[0].timeout is None
+    assert decode_jobs({"jobs": [job(2)]})[0].timeout == 2.0
+    assert decode_jobs({"jobs": [job(0)]})[0].timeout is None
+    assert decode_jobs({"jobs": [job(None)]})[0].timeout is None
     for bad in (-1, "1", float("inf"), float("nan")):
-        with pytest.raises(protocol.ProtocolError, match="timeout"):
-            protocol.decode_jobs({"jobs": [job(bad)]})
+        with pytest.raises(ProtocolError, match="timeout"):
+            decode_jobs({"jobs": [job(bad)]})
 
 
 def test_reports_name_a_lease() -> None:
-    ack = protocol.Ack("j", "lease-token", protocol.pack(3))
-    assert protocol.decode_acks({"acks": [ack.to_wire()]}) == [ack]
+    ack = Ack("j", "lease-token", pack(3))
+    assert decode_acks({"acks": [ack.to_wire()]}) == [ack]
     for lease in ("", 1, None, "x" * 65):
-        with pytest.raises(protocol.ProtocolError, match="lease"):
-            protocol.decode_acks({"acks": [["j", lease, None]]})
-        with pytest.raises(protocol.ProtocolError):
-            protocol.decode_releases({"jobs": [["j", lease]]})
+        with pytest.raises(ProtocolError, match="lease"):
+            decode_acks({"acks": [["j", lease, None]]})
+        with pytest.raises(ProtocolError):
+            decode_releases({"jobs": [["j", lease]]})
 
 
 @pytest.mark.parametrize(
@@ -136,19 +152,19 @@ def test_reports_name_a_lease() -> None:
     ],
 )
 def test_wait_refuses_what_it_cannot_hold(body: dict[str, Any], error: str) -> None:
-    with pytest.raises(protocol.ProtocolError, match=error):
-        protocol.WaitRequest.from_wire(body)
+    with pytest.raises(ProtocolError, match=error):
+        WaitRequest.from_wire(body)
 
 
 def test_list_pages_with_the_cursor_its_reply_gave() -> None:
-    assert protocol.read_cursor(protocol.make_cursor(42)) == 42
-    assert protocol.ListRequest.from_wire({"cursor": "s42"}).cursor == "s42"
+    assert read_cursor(make_cursor(42)) == 42
+    assert ListRequest.from_wire({"cursor": "s42"}).cursor == "s42"
     for cursor in ("42", "s", "s-1", "sx"):
-        with pytest.raises(protocol.ProtocolError, match="cursor"):
-            protocol.ListRequest.from_wire({"cursor": cursor})
+        with pytest.raises(ProtocolError, match="cursor"):
+            ListRequest.from_wire({"cursor": cursor})
 
 
 @pytest.mark.parametrize("body", [[], "", 0, None, b"x"])
 def test_ping_and_stats_take_a_map(body: Any) -> None:
-    with pytest.raises(protocol.ProtocolError, match="map"):
-        protocol.check_empty(body, "PING")
+    with pytest.raises(ProtocolError, match="map"):
+        check_empty(body, "PING")

@@ -3,7 +3,7 @@ definitions), ``executor`` (threads and an event loop that run jobs),
 ``runtime`` (the process's one connection to the broker), ``outbox``
 (reports kept until confirmed) and ``supervisor`` (``--processes N``)."""
 
-from jobsd.protocol import JobOptions
+from jobsd.protocol.options import JobOptions
 from jobsd.workers.registry import (
     JobCancelled,
     JobDefinition,

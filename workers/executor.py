@@ -19,7 +19,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsd.protocol import (
+from jobsd.protocol.framing import pack
+from jobsd.protocol.producer import unpack_args
+from jobsd.protocol.worker import (
     FAIL_CANCELLED,
     FAIL_ERROR,
     FAIL_FINAL,
@@ -29,8 +31,6 @@ from jobsd.protocol import (
     Ack,
     Dispatch,
     Fail,
-    pack,
-    unpack_args,
 )
 from jobsd.workers.registry import JobCancelled, Registry, Reschedule, Retry
 

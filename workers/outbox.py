@@ -15,7 +15,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jobsd.protocol import ACK, FAIL, RELEASE, Ack, Fail, report_seq
+from jobsd.protocol.framing import ACK, FAIL, RELEASE
+from jobsd.protocol.worker import Ack, Fail, report_seq
 from jobsd.vocabulary import MAX_BATCH, MAX_MESSAGE_BYTES
 
 #: Room in every message for what is not the reports' payloads.

@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from jobsd.protocol import NO_OPTIONS, Backoff, JobOptions, Schedule, pack, pack_args
+from jobsd.protocol.backoff import Backoff
+from jobsd.protocol.framing import pack
+from jobsd.protocol.options import NO_OPTIONS, JobOptions
+from jobsd.protocol.producer import pack_args
+from jobsd.protocol.worker import Schedule
 from jobsd.vocabulary import DEFAULT_QUEUE
 
 P = ParamSpec("P")

@@ -21,7 +21,24 @@ from typing import Any
 
 import zmq
 
-from jobsd import protocol as p
+from jobsd.protocol.framing import (
+    BYE,
+    CANCEL,
+    CONFIRM,
+    ERROR,
+    HEARTBEAT,
+    HELLO,
+    JOB,
+    RECONNECT,
+    RELEASE,
+    WELCOME,
+    ProtocolError,
+    decode,
+    encode,
+    recv_waiting,
+    send,
+)
+from jobsd.protocol.worker import Ack, Dispatch, Fail, Hello, Welcome, decode_cancel, decode_jobs
 from jobsd.vocabulary import MAX_MESSAGE_BYTES
 from jobsd.workers.executor import Executor, JobContext, Running, timed_out
 from jobsd.workers.outbox import Outbox
@@ -117,7 +134,7 @@ class Worker:
             now = time.monotonic()
             self._check_timeouts(now)
             if self._registered and now - self._last_sent >= self._heartbeat:
-                self._send(p.HEARTBEAT, {})
+                self._send(HEARTBEAT, {})
             if now - self._last_heard > self._patience:
                 log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
                 # Not registered on this socket either: wait longer on the next
@@ -156,7 +173,7 @@ class Worker:
 
     def _hello(self) -> None:
         self._registered = False
-        hello = p.Hello(
+        hello = Hello(
             worker=self.worker_id,
             queues=list(self.config.queues),
             capacity=self.config.concurrency + self.config.prefetch,
@@ -168,14 +185,14 @@ class Worker:
             running=[(r.job.id, r.job.lease) for r in self.running.values()] + self.outbox.leases(),
             schedules=self.registry.schedules,
         )
-        self._send(p.HELLO, hello.to_wire())
+        self._send(HELLO, hello.to_wire())
         if self._stop_deadline is not None:
-            self._send(p.BYE, {})  # a new connection while stopping: no work, please
+            self._send(BYE, {})  # a new connection while stopping: no work, please
 
     def _send(self, command: bytes, body: Any) -> None:
         assert self._socket is not None
         try:
-            p.send(self._socket, p.encode(command, body), zmq.NOBLOCK)
+            send(self._socket, encode(command, body), zmq.NOBLOCK)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.warning("could not send %s: broker not reachable", command.decode())
@@ -183,40 +200,40 @@ class Worker:
     # -- from the broker ---------------------------------------------------------------
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        for frames in p.recv_waiting(sock, RECEIVE_BURST):
+        for frames in recv_waiting(sock, RECEIVE_BURST):
             self._last_heard = time.monotonic()
             try:
-                command, body = p.decode(frames)
+                command, body = decode(frames)
                 self._on_message(command, body)
-            except p.ProtocolError as exc:
+            except ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
 
     def _on_message(self, command: bytes, body: Any) -> None:
-        if command == p.JOB:
-            jobs = p.decode_jobs(body)
+        if command == JOB:
+            jobs = decode_jobs(body)
             if self._stop_requested:
                 self._hand_back(jobs)
             else:
                 for job in jobs:
                     self._start(job)
-        elif command == p.CONFIRM:
+        elif command == CONFIRM:
             self.outbox.confirmed(body)
-        elif command == p.WELCOME:
-            self._welcome(p.Welcome.from_wire(body))
-        elif command == p.CANCEL:
-            for job_id in p.decode_cancel(body):
+        elif command == WELCOME:
+            self._welcome(Welcome.from_wire(body))
+        elif command == CANCEL:
+            for job_id in decode_cancel(body):
                 running = self.running.get(job_id)
                 if running is not None:
                     running.context.request_cancel()
-        elif command == p.RECONNECT and self._registered:
+        elif command == RECONNECT and self._registered:
             # Not while a HELLO awaits its WELCOME: this RECONNECT answers a
             # message sent before it.
             log.info("the broker does not know this worker (it restarted?): saying HELLO again")
             self._hello()
-        elif command == p.ERROR:
+        elif command == ERROR:
             log.error("broker error: %s", body)
 
-    def _welcome(self, welcome: p.Welcome) -> None:
+    def _welcome(self, welcome: Welcome) -> None:
         """Registered: keep the broker's heartbeat, and send again, once, the
         reports it has not confirmed (it may never have stored them)."""
         if self._registered:
@@ -228,7 +245,7 @@ class Worker:
         for command, body in self.outbox.unconfirmed():
             self._send(command, body)
 
-    def _start(self, job: p.Dispatch) -> None:
+    def _start(self, job: Dispatch) -> None:
         assert self._executor is not None
         current = self.running.get(job.id)
         if current is not None:
@@ -260,8 +277,8 @@ class Worker:
 
     def _send_outcomes(self) -> None:
         assert self._executor is not None
-        acks: list[p.Ack] = []
-        fails: list[p.Fail] = []
+        acks: list[Ack] = []
+        fails: list[Fail] = []
         outcomes = self._executor.outcomes
         while not outcomes.empty():
             running, report = outcomes.get_nowait()
@@ -270,7 +287,7 @@ class Worker:
             del self.running[running.job.id]
             if report.lease != running.job.lease:  # the run took a newer claim over
                 report = dataclasses.replace(report, lease=running.job.lease)
-            (acks if isinstance(report, p.Ack) else fails).append(report)  # type: ignore[arg-type]
+            (acks if isinstance(report, Ack) else fails).append(report)  # type: ignore[arg-type]
         if acks:
             self.outbox.acks(acks, self._sender())
         if fails:
@@ -298,7 +315,7 @@ class Worker:
         if self._stop_deadline is None:
             assert self._executor is not None
             self._stop_deadline = time.monotonic() + self.config.grace
-            self._send(p.BYE, {})
+            self._send(BYE, {})
             unstarted = self._executor.take_unstarted()
             for running in unstarted:
                 self.running.pop(running.job.id, None)
@@ -307,7 +324,7 @@ class Worker:
             )
             self._hand_back([running.job for running in unstarted])
 
-    def _hand_back(self, jobs: list[p.Dispatch]) -> None:
+    def _hand_back(self, jobs: list[Dispatch]) -> None:
         """Jobs that arrive once the worker is stopping (sent before the broker
         had its BYE) are not started: they go back at once, their attempt not
         counted. BYE goes first, so the broker does not send them again."""
@@ -328,7 +345,7 @@ class Worker:
             if self.running:
                 leases = [[r.job.id, r.job.lease] for r in self.running.values()]
                 log.warning("handing back %d unfinished job(s)", len(leases))
-                self._send(p.RELEASE, {"jobs": leases})
+                self._send(RELEASE, {"jobs": leases})
             if self.outbox:
                 log.warning("%d report(s) not confirmed by the broker", len(self.outbox))
             return True

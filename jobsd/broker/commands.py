@@ -15,9 +15,58 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jobsd import protocol as p
 from jobsd.broker.manager import Report
 from jobsd.broker.sessions import WorkerSession
+from jobsd.protocol.framing import (
+    ACK,
+    BYE,
+    CANCEL,
+    DELETE,
+    ERROR,
+    FAIL,
+    GET,
+    HEARTBEAT,
+    HELLO,
+    LIST,
+    NOT_FOUND,
+    OK,
+    PAUSE,
+    PING,
+    PURGE,
+    RECONNECT,
+    RELEASE,
+    RESUME,
+    RETRY,
+    STATS,
+    STORAGE_ERROR,
+    SUBMIT,
+    UNKNOWN_COMMAND,
+    WAIT,
+    WELCOME,
+    ProtocolError,
+    error_body,
+)
+from jobsd.protocol.producer import (
+    GetRequest,
+    IdsRequest,
+    ListRequest,
+    PurgeRequest,
+    QueueRequest,
+    RetryRequest,
+    WaitRequest,
+    check_empty,
+    decode_submit,
+)
+from jobsd.protocol.worker import (
+    Ack,
+    Fail,
+    Hello,
+    Welcome,
+    decode_acks,
+    decode_fails,
+    decode_releases,
+    report_seq,
+)
 from jobsd.storage import Lease, NewJob, StorageError
 from jobsd.vocabulary import FINAL_STATES
 
@@ -48,56 +97,54 @@ class Commands:
         self.sessions = broker.sessions
         #: Handled as they arrive (submits and reports join the turn's commit).
         self.handlers: dict[bytes, Handler] = {
-            p.SUBMIT: self.submit,
-            p.HELLO: self.hello,
-            p.ACK: self.ack,
-            p.FAIL: self.fail,
-            p.RELEASE: self.release,
-            p.HEARTBEAT: self.heartbeat,
-            p.BYE: self.bye,
+            SUBMIT: self.submit,
+            HELLO: self.hello,
+            ACK: self.ack,
+            FAIL: self.fail,
+            RELEASE: self.release,
+            HEARTBEAT: self.heartbeat,
+            BYE: self.bye,
         }
         #: Answered after the turn's commit, with the body of their OK.
         self.requests: dict[bytes, Request] = {
-            p.GET: self.get,
-            p.LIST: self.list_jobs,
-            p.STATS: self.stats,
-            p.CANCEL: self.cancel,
-            p.RETRY: self.retry,
-            p.DELETE: self.delete,
-            p.PAUSE: self.pause,
-            p.RESUME: self.resume,
-            p.PURGE: self.purge,
-            p.PING: self.ping,
+            GET: self.get,
+            LIST: self.list_jobs,
+            STATS: self.stats,
+            CANCEL: self.cancel,
+            RETRY: self.retry,
+            DELETE: self.delete,
+            PAUSE: self.pause,
+            RESUME: self.resume,
+            PURGE: self.purge,
+            PING: self.ping,
         }
 
     def receive(self, peer: bytes, command: bytes, body: Any, turn: Turn) -> None:
         handler = self.handlers.get(command)
         if handler is not None:
             handler(peer, body, turn)
-        elif command in self.requests or command == p.WAIT:
+        elif command in self.requests or command == WAIT:
             turn.requests.append((peer, command, body))
         else:
-            raise p.ProtocolError(f"unknown command {command[:32]!r}", code=p.UNKNOWN_COMMAND)
+            raise ProtocolError(f"unknown command {command[:32]!r}", code=UNKNOWN_COMMAND)
 
     def answer(self, peer: bytes, command: bytes, body: Any, now: float) -> None:
         send = self.broker.send
         try:
-            if command == p.WAIT:
+            if command == WAIT:
                 self.wait(peer, body, now)
             else:
-                send(peer, p.OK, self.requests[command](body, now))
-        except p.ProtocolError as exc:
-            send(peer, p.ERROR, p.error_body(exc.code, str(exc)))
+                send(peer, OK, self.requests[command](body, now))
+        except ProtocolError as exc:
+            send(peer, ERROR, error_body(exc.code, str(exc)))
         except StorageError as exc:
             log.error("storage failed on %s: %s", command.decode(), exc)
-            send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+            send(peer, ERROR, error_body(STORAGE_ERROR, str(exc)))
 
     # -- producers: stored with the turn -------------------------------------------
 
     def submit(self, peer: bytes, body: Any, turn: Turn) -> None:
-        turn.submits.append(
-            (peer, self.manager.new_jobs(p.decode_submit(body), self.broker.clock()))
-        )
+        turn.submits.append((peer, self.manager.new_jobs(decode_submit(body), self.broker.clock())))
 
     # -- workers -------------------------------------------------------------------
 
@@ -107,17 +154,17 @@ class Commands:
         say HELLO; what it sent is not applied (it sends reports again)."""
         session = self.sessions.seen(peer, self.broker.clock())
         if session is None and self.sessions.first_word_from(peer):
-            self.broker.send(peer, p.RECONNECT, {})
+            self.broker.send(peer, RECONNECT, {})
         return session
 
     def hello(self, peer: bytes, body: Any, turn: Turn) -> None:
-        hello = p.Hello.from_wire(body)
+        hello = Hello.from_wire(body)
         now = self.broker.clock()
         self.broker.cron.check(hello.schedules)  # may refuse the HELLO: before anything
         session, replaced = self.sessions.register(peer, hello, now)
         self.broker.cron.add(hello.schedules, now, by=peer)
         self._adopt(session, hello.running, now)
-        if replaced is not None and not self.broker.send(replaced.peer, p.HEARTBEAT, {}):
+        if replaced is not None and not self.broker.send(replaced.peer, HEARTBEAT, {}):
             # The same worker on a new connection, its old one gone: what the
             # old session held and the HELLO did not take over goes back. (An
             # old connection still there is left to its heartbeats: a HELLO
@@ -133,8 +180,8 @@ class Commands:
             ",".join(hello.queues),
             hello.capacity,
         )
-        welcome = p.Welcome(self.broker.config.heartbeat, self.broker.config.liveness)
-        self.broker.send(peer, p.WELCOME, welcome.to_wire())
+        welcome = Welcome(self.broker.config.heartbeat, self.broker.config.liveness)
+        self.broker.send(peer, WELCOME, welcome.to_wire())
 
     def _adopt(self, session: WorkerSession, running: list[tuple[str, str]], now: float) -> None:
         """A worker that reconnected (a broker restart, a network cut) still
@@ -161,25 +208,25 @@ class Commands:
             )
 
     def ack(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(a.job_id, a.lease, a) for a in p.decode_acks(body)])
+        self._reports(peer, body, turn, [(a.job_id, a.lease, a) for a in decode_acks(body)])
 
     def fail(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(f.job_id, f.lease, f) for f in p.decode_fails(body)])
+        self._reports(peer, body, turn, [(f.job_id, f.lease, f) for f in decode_fails(body)])
 
     def release(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(j, t, None) for j, t in p.decode_releases(body)])
+        self._reports(peer, body, turn, [(j, t, None) for j, t in decode_releases(body)])
 
     def _reports(
         self,
         peer: bytes,
         body: Any,
         turn: Turn,
-        items: list[tuple[str, str, p.Ack | p.Fail | None]],
+        items: list[tuple[str, str, Ack | Fail | None]],
     ) -> None:
         """Reports count only from the session that holds their lease (or,
         for a job no session holds, from the worker it was claimed for), and
         are confirmed once stored: until then the worker keeps them."""
-        seq = p.report_seq(body)
+        seq = report_seq(body)
         session = self._session(peer)
         if session is None:
             return
@@ -212,24 +259,24 @@ class Commands:
     # -- producer requests, after the commit ------------------------------------------
 
     def get(self, body: Any, now: float) -> Any:
-        return {"jobs": self.manager.get(p.GetRequest.from_wire(body))}
+        return {"jobs": self.manager.get(GetRequest.from_wire(body))}
 
     def wait(self, peer: bytes, body: Any, now: float) -> None:
-        request = p.WaitRequest.from_wire(body)
-        (view,) = self.manager.get(p.GetRequest([request.id]))
+        request = WaitRequest.from_wire(body)
+        (view,) = self.manager.get(GetRequest([request.id]))
         if view is None:
-            raise p.ProtocolError(f"no job {request.id}", code=p.NOT_FOUND)
+            raise ProtocolError(f"no job {request.id}", code=NOT_FOUND)
         if view["state"] in FINAL_STATES or request.timeout <= 0:
-            self.broker.send(peer, p.OK, {"job": view})
+            self.broker.send(peer, OK, {"job": view})
         else:
             self.broker.waiters.add(request.id, peer, now + request.timeout)
 
     def list_jobs(self, body: Any, now: float) -> Any:
-        views, cursor = self.manager.list_page(p.ListRequest.from_wire(body))
+        views, cursor = self.manager.list_page(ListRequest.from_wire(body))
         return {"jobs": views, "next": cursor}
 
     def stats(self, body: Any, now: float) -> Any:
-        p.check_empty(body, "STATS")
+        check_empty(body, "STATS")
         workers = [
             {
                 "id": s.worker_id,
@@ -251,13 +298,13 @@ class Commands:
         }
 
     def cancel(self, body: Any, now: float) -> Any:
-        ids = p.IdsRequest.from_wire(body, "CANCEL").ids
+        ids = IdsRequest.from_wire(body, "CANCEL").ids
         cancelled = self.manager.cancel(ids, now)
         requested = []
         for job_id, ok in zip(ids, cancelled, strict=True):
             owner = None if ok else self.sessions.owner(job_id)
             if owner is not None:
-                self.broker.send(owner.peer, p.CANCEL, {"ids": [job_id]})
+                self.broker.send(owner.peer, CANCEL, {"ids": [job_id]})
             requested.append(owner is not None)
         self.broker.answer_waiters(
             [job_id for job_id, ok in zip(ids, cancelled, strict=True) if ok]
@@ -265,27 +312,27 @@ class Commands:
         return {"cancelled": cancelled, "requested": requested}
 
     def retry(self, body: Any, now: float) -> Any:
-        ids, retried = self.manager.retry(p.RetryRequest.from_wire(body), now)
+        ids, retried = self.manager.retry(RetryRequest.from_wire(body), now)
         self.broker.maybe_ready.update(self.sessions.queues())
         return {"ids": ids, "retried": retried}
 
     def delete(self, body: Any, now: float) -> Any:
-        return {"deleted": self.manager.delete(p.IdsRequest.from_wire(body, "DELETE").ids)}
+        return {"deleted": self.manager.delete(IdsRequest.from_wire(body, "DELETE").ids)}
 
     def pause(self, body: Any, now: float) -> Any:
-        queue = p.QueueRequest.from_wire(body, "PAUSE").queue
+        queue = QueueRequest.from_wire(body, "PAUSE").queue
         self.manager.set_paused(queue, True)
         return {"queue": queue, "paused": True}
 
     def resume(self, body: Any, now: float) -> Any:
-        queue = p.QueueRequest.from_wire(body, "RESUME").queue
+        queue = QueueRequest.from_wire(body, "RESUME").queue
         self.manager.set_paused(queue, False)
         self.broker.maybe_ready.add(queue)
         return {"queue": queue, "paused": False}
 
     def purge(self, body: Any, now: float) -> Any:
-        return {"purged": self.manager.purge(p.PurgeRequest.from_wire(body), now)}
+        return {"purged": self.manager.purge(PurgeRequest.from_wire(body), now)}
 
     def ping(self, body: Any, now: float) -> Any:
-        p.check_empty(body, "PING")
+        check_empty(body, "PING")
         return {"pong": True, "time": now}

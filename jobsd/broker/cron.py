@@ -19,7 +19,10 @@ import logging
 
 from croniter import CroniterError, croniter
 
-from jobsd import protocol
+from jobsd.protocol.framing import ProtocolError, pack
+from jobsd.protocol.options import JobOptions
+from jobsd.protocol.producer import JobSubmission
+from jobsd.protocol.worker import Schedule
 
 log = logging.getLogger("jobsd.cron")
 
@@ -27,22 +30,22 @@ log = logging.getLogger("jobsd.cron")
 class CronTable:
     def __init__(self) -> None:
         self._next: dict[str, float] = {}
-        self._schedules: dict[str, protocol.Schedule] = {}
+        self._schedules: dict[str, Schedule] = {}
         self._declared_by: dict[str, set[bytes]] = {}
 
     @staticmethod
-    def key(schedule: protocol.Schedule) -> str:
-        digest = hashlib.sha256(protocol.pack(schedule.to_wire())).hexdigest()
+    def key(schedule: Schedule) -> str:
+        digest = hashlib.sha256(pack(schedule.to_wire())).hexdigest()
         return digest[:20]
 
     @staticmethod
-    def check(schedules: list[protocol.Schedule]) -> None:
+    def check(schedules: list[Schedule]) -> None:
         """``ProtocolError`` for an invalid cron expression among them."""
         for schedule in schedules:
             if not croniter.is_valid(schedule.cron):
-                raise protocol.ProtocolError(f"invalid cron expression {schedule.cron!r}")
+                raise ProtocolError(f"invalid cron expression {schedule.cron!r}")
 
-    def add(self, schedules: list[protocol.Schedule], now: float, by: bytes = b"") -> None:
+    def add(self, schedules: list[Schedule], now: float, by: bytes = b"") -> None:
         """Adopt schedules that the worker session ``by`` declares (known ones
         are kept as they are). ``ProtocolError`` for an invalid cron
         expression (then none is adopted). A valid one that never fires after
@@ -75,7 +78,7 @@ class CronTable:
     def next_fire(self) -> float | None:
         return min(self._next.values(), default=None)
 
-    def due(self, now: float) -> list[protocol.JobSubmission]:
+    def due(self, now: float) -> list[JobSubmission]:
         """The fires due by ``now``, as submissions (one per schedule: a broker
         that slept through several fires runs the latest once)."""
         fires = []
@@ -93,11 +96,11 @@ class CronTable:
             else:
                 self._next[key] = following
             fires.append(
-                protocol.JobSubmission(
+                JobSubmission(
                     f"cron-{key}-{int(latest)}",
                     schedule.name,
                     schedule.args,
-                    protocol.JobOptions(queue=schedule.queue, run_at=latest),
+                    JobOptions(queue=schedule.queue, run_at=latest),
                 )
             )
         return fires

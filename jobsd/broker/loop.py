@@ -17,7 +17,6 @@ from typing import Any
 
 import zmq
 
-from jobsd import protocol as p
 from jobsd.broker.commands import Commands, Turn
 from jobsd.broker.config import BrokerConfig
 from jobsd.broker.cron import CronTable
@@ -25,6 +24,22 @@ from jobsd.broker.manager import JobManager, Outcome
 from jobsd.broker.sessions import Sessions, WorkerSession
 from jobsd.broker.timers import Heartbeats, Leases, Orphans, Poll, Retention, Timers
 from jobsd.broker.waiters import Waiters
+from jobsd.protocol import framing
+from jobsd.protocol.framing import (
+    CONFIRM,
+    ERROR,
+    INTERNAL_ERROR,
+    JOB,
+    OK,
+    STORAGE_ERROR,
+    ProtocolError,
+    decode,
+    encode,
+    error_body,
+    recv_waiting,
+)
+from jobsd.protocol.producer import GetRequest, JobSubmission, submit_reply
+from jobsd.protocol.worker import Dispatch
 from jobsd.storage import JobRecord, NewJob, Storage, StorageError
 from jobsd.vocabulary import FINAL_STATES
 
@@ -123,24 +138,24 @@ class Broker:
     def _turn(self, sock: zmq.Socket[Any]) -> None:
         """Handle every message that has arrived, then commit them together."""
         turn = Turn()
-        for frames in p.recv_waiting(sock, TURN_MESSAGES):
+        for frames in recv_waiting(sock, TURN_MESSAGES):
             self._handle(frames, turn)
         self._commit(turn)
 
     def _handle(self, frames: list[bytes], turn: Turn) -> None:
         peer = frames[0]
         try:
-            command, body = p.decode(frames[1:])
+            command, body = decode(frames[1:])
             self.commands.receive(peer, command, body, turn)
-        except p.ProtocolError as exc:
+        except ProtocolError as exc:
             log.warning("bad message from peer %s: %s", peer.hex(), exc)
-            self.send(peer, p.ERROR, p.error_body(exc.code, str(exc)))
+            self.send(peer, ERROR, error_body(exc.code, str(exc)))
         except StorageError as exc:
             log.error("storage failed handling a message from peer %s: %s", peer.hex(), exc)
-            self.send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+            self.send(peer, ERROR, error_body(STORAGE_ERROR, str(exc)))
         except Exception:  # a bug must cost one message, not the daemon
             log.exception("failed to handle a message from peer %s", peer.hex())
-            self.send(peer, p.ERROR, p.error_body(p.INTERNAL_ERROR, "see broker log"))
+            self.send(peer, ERROR, error_body(INTERNAL_ERROR, "see broker log"))
 
     def _commit(self, turn: Turn) -> None:
         """Apply the turn to storage with one commit: its submits, its workers'
@@ -165,7 +180,7 @@ class Broker:
                 exc,
             )
             for peer, _ in turn.submits:
-                self.send(peer, p.ERROR, p.error_body(p.STORAGE_ERROR, str(exc)))
+                self.send(peer, ERROR, error_body(STORAGE_ERROR, str(exc)))
             if turn.reports:
                 self._pending = Turn(reports=turn.reports, confirms=turn.confirms)
             self.maybe_ready.update(self.sessions.queues())  # claims made were undone
@@ -177,9 +192,9 @@ class Broker:
             for peer, batch in turn.submits:
                 chunk = added[start : start + len(batch)]
                 start += len(batch)
-                self.send(peer, p.OK, p.submit_reply([(r.job_id, r.created) for r in chunk]))
+                self.send(peer, OK, submit_reply([(r.job_id, r.created) for r in chunk]))
             for peer, seq in turn.confirms:
-                self.send(peer, p.CONFIRM, {"seq": seq})
+                self.send(peer, CONFIRM, {"seq": seq})
             self._answer_finished(outcomes)
             if turn.reports:
                 for session in self.sessions:
@@ -262,10 +277,10 @@ class Broker:
         waited = [job_id for job_id in job_ids if self.waiters.is_waited(job_id)]
         if not waited:
             return
-        for view in self.manager.get(p.GetRequest(waited)):
+        for view in self.manager.get(GetRequest(waited)):
             if view is not None and (not only_finished or view["state"] in FINAL_STATES):
                 for peer in self.waiters.pop_job(view["id"]):
-                    self.send(peer, p.OK, {"job": view})
+                    self.send(peer, OK, {"job": view})
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -301,13 +316,13 @@ class Broker:
         self.sessions.take(session, jobs)
         body = {
             "jobs": [
-                p.Dispatch(
+                Dispatch(
                     j.id, j.name, j.queue, j.attempts, j.args, j.timeout, j.lease or ""
                 ).to_wire()
                 for j in jobs
             ]
         }
-        if not self.send(session.peer, p.JOB, body):
+        if not self.send(session.peer, JOB, body):
             # The worker vanished since its last message: the jobs never
             # reached it; what it ran before goes back, its attempt counted.
             self.end_session(session, "worker lost: could not send it jobs", undelivered=jobs)
@@ -342,13 +357,13 @@ class Broker:
             if fires:
                 self._enqueue_fires(fires, now)
             for peer, job_id in self.waiters.pop_expired(now):
-                (view,) = self.manager.get(p.GetRequest([job_id]))
-                self.send(peer, p.OK, {"job": view})
+                (view,) = self.manager.get(GetRequest([job_id]))
+                self.send(peer, OK, {"job": view})
             self.timers.run_due(now)
         except StorageError as exc:
             log.error("storage failed in a timer, will retry: %s", exc)
 
-    def _enqueue_fires(self, fires: list[p.JobSubmission], now: float) -> None:
+    def _enqueue_fires(self, fires: list[JobSubmission], now: float) -> None:
         jobs = self.manager.new_jobs(fires, now)
         for job, result in zip(jobs, self.manager.add(jobs, now), strict=True):
             done = "enqueued" if result.created else "was already enqueued"
@@ -361,7 +376,7 @@ class Broker:
         """Send without ever blocking the loop; False when the peer is gone."""
         assert self._socket is not None  # only called while running
         try:
-            p.send(self._socket, [peer, *p.encode(command, body)], _NOBLOCK)
+            framing.send(self._socket, [peer, *encode(command, body)], _NOBLOCK)
             return True
         except zmq.ZMQError as exc:
             log.info("could not send %s to peer %s: %s", command.decode(), peer.hex(), exc)

@@ -17,15 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobsd.broker.config import BrokerConfig
-from jobsd.protocol import (
-    FAIL_CANCELLED,
-    FAIL_FINAL,
-    FAIL_RETRY,
-    Ack,
-    Backoff,
-    Fail,
+from jobsd.protocol.backoff import Backoff
+from jobsd.protocol.options import JobOptions
+from jobsd.protocol.producer import (
     GetRequest,
-    JobOptions,
     JobSubmission,
     ListRequest,
     PurgeRequest,
@@ -34,6 +29,7 @@ from jobsd.protocol import (
     make_cursor,
     read_cursor,
 )
+from jobsd.protocol.worker import FAIL_CANCELLED, FAIL_FINAL, FAIL_RETRY, Ack, Fail
 from jobsd.storage import AddResult, Grant, JobRecord, Lease, NewJob, Storage, Transition
 from jobsd.storage.rules import (
     CANCELLABLE,

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from jobsd.protocol import Hello
+from jobsd.protocol.worker import Hello
 from jobsd.storage import JobRecord, Lease
 
 #: Connections told RECONNECT and not heard from with a HELLO since, at most:

@@ -12,7 +12,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from jobsd.protocol import HEARTBEAT
+from jobsd.protocol.framing import HEARTBEAT
 
 if TYPE_CHECKING:
     from jobsd.broker.loop import Broker

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from jobsd.protocol import JobStatus
+from jobsd.protocol.producer import JobStatus
 from jobsd.vocabulary import STATES
 
 
