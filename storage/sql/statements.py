@@ -152,6 +152,15 @@ class Statements:
             rows.extend(conn.execute(stmt, {"ids": chunk}))
         return rows
 
+    def key_holders(self, conn: Connection, keys: Iterable[str | None]) -> dict[str, str]:
+        """The active job holding each of these unique keys, where one does."""
+        wanted = list(dict.fromkeys(key for key in keys if key is not None))
+        holders: dict[str, str] = {}
+        for chunk in chunks(wanted):
+            stmt = select(jobs.c.active_key, jobs.c.id).where(self.in_(jobs.c.active_key, chunk))
+            holders.update((key, job_id) for key, job_id in conn.execute(stmt))
+        return holders
+
     def update_leased(self, conn: Connection, rows: list[dict[str, Any]], **same: Any) -> None:
         """Update running jobs, each named by ``id`` and its ``lease`` in
         ``rows`` with its own values for the rows' other keys, and ``same``
