@@ -210,7 +210,7 @@ class JobManager:
         return self._finish([(job.held(), released(), job) for job in jobs], now)
 
     def _finish(
-        self, ends: list[tuple[Lease, Transition, JobRecord | None]], now: float
+        self, ends: Sequence[tuple[Lease, Transition, JobRecord | None]], now: float
     ) -> list[Outcome]:
         if not ends:
             return []

@@ -101,7 +101,7 @@ class Orphans:
     the end of their leases."""
 
     name = "orphans"
-    interval = None
+    interval: float | None = None  # once
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker

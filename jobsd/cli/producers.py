@@ -78,7 +78,7 @@ def submit(
         args = [args]
     if not isinstance(kwargs, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
-    options = {
+    options: dict[str, Any] = {
         "queue": queue,
         "priority": priority,
         "delay": delay,

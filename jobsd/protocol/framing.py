@@ -82,7 +82,8 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def pack(body: Any) -> bytes:
-    return msgpack.packb(body, use_bin_type=True)
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
 
 
 def unpack(data: bytes) -> Any:

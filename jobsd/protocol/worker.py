@@ -248,7 +248,8 @@ def decode_releases(body: Any) -> list[tuple[str, str]]:
 def report_seq(body: Any) -> int | None:
     """The number a worker gave a report (ACK, FAIL, RELEASE) so the broker
     can CONFIRM it once stored; None when the worker asks for none."""
-    return Fields(body, "report").integer("seq", required=False)
+    seq: int | None = Fields(body, "report").integer("seq", required=False)
+    return seq
 
 
 def decode_cancel(body: Any) -> list[str]:
