@@ -5,7 +5,7 @@ interleaves with log lines), and a test awaits that line in the worker's
 output. ``hold`` then waits for a gate file the test creates, so the test
 decides when each attempt ends; ``record`` appends one line per execution to
 $JOBSD_TEST_RUNS (O_APPEND: concurrent runs never interleave) for the checkers
-that count executions.
+that count executions and time redeliveries.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def hold(ctx: JobContext, gates: str, limit: float = 60.0) -> dict[str, Any]:
 
 @jobs.job(context=True, max_attempts=0)
 def record(ctx: JobContext, seconds: float = 0.0) -> int:
-    """Write down this execution (``id attempt pid``), then work ``seconds``."""
+    """Write down this execution (``id attempt pid start-time``), then work ``seconds``."""
     fd = os.open(os.environ["JOBSD_TEST_RUNS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, f"{ctx.id} {ctx.attempt} {os.getpid()}\n".encode())
+        os.write(fd, f"{ctx.id} {ctx.attempt} {os.getpid()} {time.time():.6f}\n".encode())
     finally:
         os.close(fd)
     if seconds:
