@@ -162,3 +162,30 @@ def test_timing_options_out_of_range_are_refused_before_starting(argv: list[str]
     assert ran.returncode == 2
     assert f"Invalid value for '{argv[-2]}'" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_a_result_too_large_for_a_report_fails_the_job_at_once(cluster: Cluster) -> None:
+    """Over the broker's 64 MiB frame limit a report would be dropped unread
+    and the job left running; the worker refuses to send it and says why."""
+    _, endpoint = cluster.broker()
+    cluster.worker(endpoint, "apps.probe:jobs", "-c", "1")
+    client = cluster.client(endpoint)
+    job_id = client.submit("big", 65)
+    with pytest.raises(JobFailed, match="ResultTooLarge"):
+        client.result(job_id, timeout=30)
+    status = client.status(job_id)
+    assert status is not None and (status.state, status.attempts) == ("dead", 1)
+    assert client.result(client.submit("big", 1), timeout=30) == b"\0" * (1 << 20)
+
+
+def test_a_worker_keeps_the_heartbeat_its_broker_asks_for(cluster: Cluster) -> None:
+    """A worker started with a slower heartbeat than its broker's takes the
+    broker's from WELCOME, so the broker never declares it lost."""
+    broker, endpoint = cluster.broker("memory://", "--heartbeat", "0.2")
+    worker = cluster.worker(endpoint, "apps.probe:jobs", "--heartbeat", "5")
+    client = cluster.client(endpoint)
+    job_id = client.submit("sleep", 2.0)  # ten of the broker's heartbeat intervals
+    assert client.result(job_id, timeout=30) == 2.0
+    assert client.status(job_id).attempts == 1  # type: ignore[union-attr]
+    assert "worker lost" not in broker.output()
+    assert worker.proc.poll() is None

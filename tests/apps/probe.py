@@ -81,3 +81,9 @@ async def async_echo(value: Any, pause: float = 0.0) -> Any:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@jobs.job()
+def big(mib: int) -> bytes:
+    """A result of ``mib`` MiB."""
+    return b"\0" * (mib << 20)
