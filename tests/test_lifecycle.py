@@ -143,11 +143,11 @@ def test_cancel_queued_and_running_jobs(client: Client) -> None:
 
 
 def test_retry_signal_and_reschedule(client: Client, tmp_path: Path) -> None:
-    job_id = client.submit("retry_later", 0.3)
-    assert client.result(job_id, timeout=10) == 2
+    job_id = client.submit("retry_later", 0.3, str(tmp_path / "asked"))
+    attempt, after = client.result(job_id, timeout=10)
+    assert attempt == 2 and after >= 0.3
     job = client.status(job_id, errors=True)
-    assert job is not None
-    assert job.updated_at - job.errors[0]["at"] >= 0.3
+    assert job is not None and "retry requested" in job.errors[0]["error"]
     again = client.submit("reschedule_once", str(tmp_path / "marker"), 0.3)
     assert client.wait(again, timeout=0.2).state in ("scheduled", "ready", "running")
     assert client.result(again, timeout=10) == "second run"

@@ -306,7 +306,7 @@ class Commands:
             if owner is not None:
                 self.broker.send(owner.peer, CANCEL, {"ids": [job_id]})
             requested.append(owner is not None)
-        self.broker.answer_waiters(
+        self.broker.waiters.finished(
             [job_id for job_id, ok in zip(ids, cancelled, strict=True) if ok]
         )
         return {"cancelled": cancelled, "requested": requested}

@@ -38,10 +38,9 @@ from jobsd.protocol.framing import (
     error_body,
     recv_waiting,
 )
-from jobsd.protocol.producer import GetRequest, JobSubmission, submit_reply
+from jobsd.protocol.producer import GetRequest, submit_reply
 from jobsd.protocol.worker import Dispatch
 from jobsd.storage import JobRecord, NewJob, Storage, StorageError
-from jobsd.vocabulary import FINAL_STATES
 
 log = logging.getLogger("jobsd.broker")
 
@@ -65,7 +64,7 @@ class Broker:
         self.clock = clock
         self.manager = JobManager(storage, self.config, clock)
         self.sessions = Sessions()
-        self.waiters = Waiters()
+        self.waiters = Waiters(lambda ids: self.manager.get(GetRequest(ids)), self.send)
         self.cron = CronTable()
         self.commands = Commands(self)
         self.timers = Timers()
@@ -195,7 +194,7 @@ class Broker:
                 self.send(peer, OK, submit_reply([(r.job_id, r.created) for r in chunk]))
             for peer, seq in turn.confirms:
                 self.send(peer, CONFIRM, {"seq": seq})
-            self._answer_finished(outcomes)
+            self.waiters.finished([o.job_id for o in outcomes if o.final])
             if turn.reports:
                 for session in self.sessions:
                     if session.draining and not session.inflight and not session.held:
@@ -261,26 +260,7 @@ class Broker:
     def settle(self, outcomes: Sequence[Outcome]) -> None:
         """After jobs were put back outside a turn: dispatch and waiters."""
         self._note_waiting(outcomes)
-        self._answer_finished(outcomes)
-
-    # -- waiters --------------------------------------------------------------------
-
-    def _answer_finished(self, outcomes: Sequence[Outcome]) -> None:
-        final = [o.job_id for o in outcomes if o.final]
-        if final:
-            try:
-                self.answer_waiters(final)
-            except StorageError as exc:  # the poll chore answers them later
-                log.error("storage failed to read finished jobs for waiters: %s", exc)
-
-    def answer_waiters(self, job_ids: Sequence[str], only_finished: bool = False) -> None:
-        waited = [job_id for job_id in job_ids if self.waiters.is_waited(job_id)]
-        if not waited:
-            return
-        for view in self.manager.get(GetRequest(waited)):
-            if view is not None and (not only_finished or view["state"] in FINAL_STATES):
-                for peer in self.waiters.pop_job(view["id"]):
-                    self.send(peer, OK, {"job": view})
+        self.waiters.finished([o.job_id for o in outcomes if o.final])
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -314,15 +294,7 @@ class Broker:
 
     def _push(self, session: WorkerSession, jobs: list[JobRecord]) -> None:
         self.sessions.take(session, jobs)
-        body = {
-            "jobs": [
-                Dispatch(
-                    j.id, j.name, j.queue, j.attempts, j.args, j.timeout, j.lease or ""
-                ).to_wire()
-                for j in jobs
-            ]
-        }
-        if not self.send(session.peer, JOB, body):
+        if not self.send(session.peer, JOB, {"jobs": [Dispatch.of(job).to_wire() for job in jobs]}):
             # The worker vanished since its last message: the jobs never
             # reached it; what it ran before goes back, its attempt counted.
             self.end_session(session, "worker lost: could not send it jobs", undelivered=jobs)
@@ -330,18 +302,11 @@ class Broker:
     # -- deadlines --------------------------------------------------------------------
 
     def _next_wakeup(self) -> float:
-        candidates = [
-            t
-            for t in (
-                self.timers.next_at(),
-                self.next_due,
-                self.waiters.next_deadline(),
-                self.cron.next_fire(),
-            )
-            if t is not None
-        ]
-        if self._pending is not None:
-            candidates.append(self.clock() + 0.1)
+        """The next chore, due job, WAIT deadline, cron fire, or retry of a
+        commit that failed."""
+        retry = self.clock() + 0.1 if self._pending is not None else None
+        deadlines = (self.timers.next_at(), self.next_due, self.waiters.next_deadline())
+        candidates = [t for t in (*deadlines, self.cron.next_fire(), retry) if t is not None]
         return min(candidates, default=self.clock() + 1.0)
 
     def _run_timers(self) -> None:
@@ -353,22 +318,12 @@ class Broker:
                 self.next_due = self.manager.next_run_at()
             if self._pending is not None:
                 self._commit(Turn())
-            fires = self.cron.due(now)
-            if fires:
-                self._enqueue_fires(fires, now)
-            for peer, job_id in self.waiters.pop_expired(now):
-                (view,) = self.manager.get(GetRequest([job_id]))
-                self.send(peer, OK, {"job": view})
+            for job in self.manager.enqueue_fires(self.cron.due(now), now):
+                self.maybe_ready.add(job.queue)
+            self.waiters.expire(now)
             self.timers.run_due(now)
         except StorageError as exc:
             log.error("storage failed in a timer, will retry: %s", exc)
-
-    def _enqueue_fires(self, fires: list[JobSubmission], now: float) -> None:
-        jobs = self.manager.new_jobs(fires, now)
-        for job, result in zip(jobs, self.manager.add(jobs, now), strict=True):
-            done = "enqueued" if result.created else "was already enqueued"
-            log.info("cron: %s %s as %s", job.name, done, job.id)
-            self.maybe_ready.add(job.queue)
 
     # -- sending ------------------------------------------------------------------------
 

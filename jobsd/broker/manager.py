@@ -145,6 +145,14 @@ class JobManager:
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
         return self.storage.add(jobs, now) if jobs else []
 
+    def enqueue_fires(self, fires: Sequence[JobSubmission], now: float) -> list[NewJob]:
+        """Cron fires, each once (its id names the schedule and the fire)."""
+        jobs = self.new_jobs(fires, now)
+        for job, result in zip(jobs, self.add(jobs, now), strict=True):
+            done = "enqueued" if result.created else "was already enqueued"
+            log.info("cron: %s %s as %s", job.name, done, job.id)
+        return jobs
+
     # -- running jobs ------------------------------------------------------------
 
     def claim(self, queues: Sequence[str], limit: int, now: float, worker: str) -> list[JobRecord]:

@@ -143,4 +143,4 @@ class Poll:
         broker = self.broker
         broker.maybe_ready.update(broker.sessions.queues())
         broker.next_due = broker.manager.next_run_at()
-        broker.answer_waiters(broker.waiters.job_ids(), only_finished=True)
+        broker.waiters.finished(broker.waiters.waited(), only_final=True)

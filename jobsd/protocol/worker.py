@@ -9,7 +9,7 @@ id and that token, and counts only while the job still runs under it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from jobsd.protocol.fields import Fields, check_number, items, name
 from jobsd.protocol.framing import ProtocolError
@@ -21,6 +21,18 @@ MAX_LEASE_LENGTH = 64
 #: The largest encoded result one ACK can carry: a message frame's limit, less
 #: room for the rest of the report.
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+
+class Claimed(Protocol):
+    """What a JOB item is made from (the broker's claimed records)."""
+
+    id: str
+    name: str
+    queue: str
+    attempts: int
+    args: bytes
+    timeout: float | None
+    lease: str | None
 
 
 def lease_item(item: Any, what: str) -> tuple[str, str]:
@@ -147,6 +159,13 @@ class Dispatch:
 
     def to_wire(self) -> list[Any]:
         return [self.id, self.name, self.queue, self.attempt, self.args, self.timeout, self.lease]
+
+    @classmethod
+    def of(cls, job: Claimed) -> Dispatch:
+        """The JOB item of a claimed job."""
+        return cls(
+            job.id, job.name, job.queue, job.attempts, job.args, job.timeout, job.lease or ""
+        )
 
     @classmethod
     def from_wire(cls, item: Any) -> Dispatch:

@@ -49,10 +49,13 @@ def until_cancelled(ctx: JobContext, limit: float) -> str:
 
 
 @jobs.job(context=True, max_attempts=3)
-def retry_later(ctx: JobContext, delay: float) -> int:
+def retry_later(ctx: JobContext, delay: float, marker: str) -> list[float]:
+    """Asks to run again after ``delay``; then returns its attempt and how long
+    after the request it runs (both times the job's own)."""
     if ctx.attempt == 1:
+        Path(marker).write_text(repr(time.time()))
         raise Retry(delay=delay)
-    return ctx.attempt
+    return [ctx.attempt, time.time() - float(Path(marker).read_text())]
 
 
 @jobs.job(context=True)
