@@ -23,7 +23,7 @@ from jobsd.storage.records import (
     QueueStats,
 )
 from jobsd.storage.rules import DELETABLE, GIVE_BACK, RESET, Transition, waiting
-from jobsd.vocabulary import ACTIVE_STATES, DONE, READY, RUNNING, SCHEDULED
+from jobsd.vocabulary import ACTIVE_STATES, DONE, READY, SCHEDULED
 
 
 class MemoryStorage(Storage):
@@ -134,13 +134,7 @@ class MemoryStorage(Storage):
                 break
             heapq.heappop(self._ready[best_queue])
             job = self._jobs[best[3]]
-            job.state = RUNNING
-            job.attempts += 1
-            job.lease = grant.token
-            job.lease_until = grant.until
-            job.worker = grant.worker
-            job.broker = grant.broker
-            job.updated_at = now
+            job.run_under(grant, now)
             self._running[job.id] = job
             claimed.append(job.copy())
         return claimed

@@ -15,7 +15,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsd.vocabulary import DEFAULT_PRIORITY, STATES
+from jobsd.vocabulary import DEFAULT_PRIORITY, RUNNING, STATES
 
 
 @dataclass(slots=True)  # per job: see the note on mutable records
@@ -72,6 +72,16 @@ class JobRecord:
     error: str | None = None
     lease: str | None = None
     broker: str | None = None
+
+    def run_under(self, grant: Grant, now: float) -> None:
+        """Claimed: running under ``grant``, its attempt counted. (The one
+        change made to a record after construction, by the backend that
+        claims it.)"""
+        self.state = RUNNING
+        self.attempts += 1
+        self.lease, self.lease_until = grant.token, grant.until
+        self.worker, self.broker = grant.worker, grant.broker
+        self.updated_at = now
 
     def held(self) -> Lease:
         """The lease this running job is held under."""

@@ -220,24 +220,22 @@ def cancel(job_id: str, endpoint: str, request_timeout: float) -> None:
             click.echo(f"{job_id} is not queued: asked its worker to cancel it if it runs")
 
 
-@click.command()
-@click.argument("queue")
-@connected
-def pause(queue: str, endpoint: str, request_timeout: float) -> None:
-    """Stop dispatching jobs from QUEUE (submits are still accepted)."""
-    with client(endpoint, request_timeout) as producer:
-        run(lambda: producer.pause(queue))
-    click.echo(f"paused {queue}")
+def _pausing(paused: bool, help: str) -> click.Command:
+    """``pause`` and ``resume``: one queue, one client call."""
+
+    @click.command("pause" if paused else "resume", help=help)
+    @click.argument("queue")
+    @connected
+    def command(queue: str, endpoint: str, request_timeout: float) -> None:
+        with client(endpoint, request_timeout) as producer:
+            run(lambda: (producer.pause if paused else producer.resume)(queue))
+        click.echo(f"{'paused' if paused else 'resumed'} {queue}")
+
+    return command
 
 
-@click.command()
-@click.argument("queue")
-@connected
-def resume(queue: str, endpoint: str, request_timeout: float) -> None:
-    """Dispatch jobs from QUEUE again."""
-    with client(endpoint, request_timeout) as producer:
-        run(lambda: producer.resume(queue))
-    click.echo(f"resumed {queue}")
+pause = _pausing(True, "Stop dispatching jobs from QUEUE (submits are still accepted).")
+resume = _pausing(False, "Dispatch jobs from QUEUE again.")
 
 
 @click.command()

@@ -9,6 +9,7 @@ envelope, packed and checked here alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -209,15 +210,22 @@ def read_wait_reply(body: Any) -> JobStatus | None:
 # -- the other requests ----------------------------------------------------------------
 
 
+class Request:
+    """A request body: on the wire, a map of its set fields (nil is absent)."""
+
+    __slots__ = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        fields = (f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return {k: v for k in fields if (v := getattr(self, k)) is not None}
+
+
 @dataclass(frozen=True, slots=True)
-class GetRequest:
+class GetRequest(Request):
     """GET: jobs by id; with ``errors`` every failed attempt's error too."""
 
     ids: list[str]
     errors: bool = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ids": self.ids, "errors": self.errors}
 
     @classmethod
     def from_wire(cls, body: Any) -> GetRequest:
@@ -226,14 +234,11 @@ class GetRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class WaitRequest:
+class WaitRequest(Request):
     """WAIT: hold the reply until the job is finished or ``timeout`` passes."""
 
     id: str
     timeout: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "timeout": self.timeout}
 
     @classmethod
     def from_wire(cls, body: Any) -> WaitRequest:
@@ -242,7 +247,7 @@ class WaitRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ListRequest:
+class ListRequest(Request):
     """LIST: jobs newest first, a page at a time. ``cursor`` is the ``next``
     of the previous page's reply (opaque)."""
 
@@ -250,13 +255,6 @@ class ListRequest:
     state: str | None = None
     limit: int = 100
     cursor: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"limit": self.limit}
-        for key in ("queue", "state", "cursor"):
-            if (value := getattr(self, key)) is not None:
-                wire[key] = value
-        return wire
 
     @classmethod
     def from_wire(cls, body: Any) -> ListRequest:
@@ -289,13 +287,10 @@ def read_list_reply(body: Any) -> tuple[list[JobStatus], str | None]:
 
 
 @dataclass(frozen=True, slots=True)
-class IdsRequest:
+class IdsRequest(Request):
     """CANCEL and DELETE: jobs by id."""
 
     ids: list[str]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ids": self.ids}
 
     @classmethod
     def from_wire(cls, body: Any, what: str) -> IdsRequest:
@@ -303,18 +298,12 @@ class IdsRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryRequest:
+class RetryRequest(Request):
     """RETRY: jobs by id, and with ``all_dead`` every dead job (of ``queue``)."""
 
     ids: list[str]
     all_dead: bool = False
     queue: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"ids": self.ids, "all_dead": self.all_dead}
-        if self.queue is not None:
-            wire["queue"] = self.queue
-        return wire
 
     @classmethod
     def from_wire(cls, body: Any) -> RetryRequest:
@@ -323,13 +312,10 @@ class RetryRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueRequest:
+class QueueRequest(Request):
     """PAUSE and RESUME: one queue."""
 
     queue: str
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"queue": self.queue}
 
     @classmethod
     def from_wire(cls, body: Any, what: str) -> QueueRequest:
@@ -337,15 +323,12 @@ class QueueRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PurgeRequest:
+class PurgeRequest(Request):
     """PURGE: finished jobs in ``states`` (all three by default) last changed
     more than ``older_than`` seconds ago."""
 
     states: list[str]
     older_than: float = 0.0
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"states": self.states, "older_than": self.older_than}
 
     @classmethod
     def from_wire(cls, body: Any) -> PurgeRequest:

@@ -198,17 +198,9 @@ class SQLStorage(SQLOperators, Storage):
             ).rowcount
         if claimed != len(rows):  # locked rows cannot vanish: a bug if they did
             raise StorageError(f"storage {self.url}: claimed {claimed} of {len(rows)} jobs")
-        records = []
-        for row in rows:
-            record = to_record(row)
-            record.state = RUNNING
-            record.attempts += 1
-            record.lease = grant.token
-            record.lease_until = grant.until
-            record.worker = grant.worker
-            record.broker = grant.broker
-            record.updated_at = now
-            records.append(record)
+        records = [to_record(row) for row in rows]
+        for record in records:
+            record.run_under(grant, now)  # as the UPDATE made it
         return records
 
     def _merged_heads(self, conn: Connection, queues: list[str], limit: int) -> list[Row[Any]]:
