@@ -13,8 +13,9 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from jobsd.broker.core import BrokerCore
 from jobsd.broker.manager import Report
 from jobsd.broker.sessions import WorkerSession
 from jobsd.protocol.framing import (
@@ -70,9 +71,6 @@ from jobsd.protocol.worker import (
 from jobsd.storage import Lease, NewJob, StorageError
 from jobsd.vocabulary import FINAL_STATES
 
-if TYPE_CHECKING:
-    from jobsd.broker.loop import Broker
-
 log = logging.getLogger("jobsd.broker")
 
 
@@ -91,7 +89,7 @@ Request = Callable[[Any, float], Any]
 
 
 class Commands:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
         self.manager = broker.manager
         self.sessions = broker.sessions

@@ -10,12 +10,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from jobsd.broker.core import BrokerCore
 from jobsd.protocol.framing import HEARTBEAT
-
-if TYPE_CHECKING:
-    from jobsd.broker.loop import Broker
 
 log = logging.getLogger("jobsd.broker")
 
@@ -52,7 +50,7 @@ class Heartbeats:
 
     name = "heartbeat"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
         self.interval: float | None = broker.config.heartbeat
         self._last: float | None = None
@@ -80,7 +78,7 @@ class Leases:
 
     name = "leases"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
         self.interval: float | None = broker.config.lease / 3
 
@@ -103,7 +101,7 @@ class Orphans:
     name = "orphans"
     interval: float | None = None  # once
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
 
     def run(self, now: float) -> None:
@@ -121,7 +119,7 @@ class Orphans:
 class Retention:
     name = "retention"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
         self.interval: float | None = broker.config.retention_interval
 
@@ -135,7 +133,7 @@ class Poll:
 
     name = "poll"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
         self.interval: float | None = broker.config.poll_interval
 
