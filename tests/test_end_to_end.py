@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +192,25 @@ def test_a_worker_keeps_the_heartbeat_its_broker_asks_for(cluster: Cluster) -> N
     assert client.status(job_id).attempts == 1  # type: ignore[union-attr]
     assert "worker lost" not in broker.output()
     assert worker.proc.poll() is None
+
+
+def test_worker_processes_stop_when_their_supervisor_is_killed(cluster: Cluster) -> None:
+    """kill -9 of the supervisor reaches no child: each sees it gone and
+    stops as on SIGTERM, rather than running on unsupervised."""
+    _, endpoint = cluster.broker()
+    supervisor = cluster.worker(endpoint, "apps.probe:jobs", "-p", "2", wait=False)
+    supervisor.wait_for("registered with the broker", count=2)
+    children = [
+        os.pidfd_open(int(pid))
+        for task in Path(f"/proc/{supervisor.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert len(children) == 2
+    try:
+        supervisor.kill()
+        supervisor.wait_for("the worker supervisor .* is gone: stopping", count=2)
+        for child in children:  # a pidfd turns readable when its process exits
+            assert select.select([child], [], [], 15)[0], "a child outlived its supervisor"
+    finally:
+        for child in children:
+            os.close(child)

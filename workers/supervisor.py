@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ log = logging.getLogger("jobsd.worker")
 
 #: Seconds before a child that exited unexpectedly is started again.
 RESTART_DELAY = 1.0
+#: Seconds between a child's looks at whether its supervisor still lives.
+ORPHAN_CHECK = 0.5
 
 
 class AppNotFound(Exception):
@@ -53,17 +56,37 @@ def load_registry(app: str) -> Registry:
     return registry
 
 
-def run_worker(registry: Registry, config: WorkerConfig) -> None:
-    """One worker, in this process, until a stop signal."""
+def run_worker(registry: Registry, config: WorkerConfig, supervisor: int = 0) -> None:
+    """One worker, in this process, until a stop signal (or, for a
+    supervised child, until its supervisor is gone)."""
     worker = Worker(registry, config)
     on_stop_signals(worker.stop, worker.stop)
+    if supervisor:
+        threading.Thread(
+            target=_stop_without, args=(supervisor, worker), name="jobsd-orphan", daemon=True
+        ).start()
     worker.run()
+
+
+def _stop_without(supervisor: int, worker: Worker) -> None:
+    """A child whose supervisor died (kill -9 sends the children nothing)
+    stops as on SIGTERM, instead of running on with no one to restart or
+    stop it."""
+    while os.getppid() == supervisor:
+        time.sleep(ORPHAN_CHECK)
+    log.warning("the worker supervisor (pid %d) is gone: stopping", supervisor)
+    worker.stop()
 
 
 def supervise(app: str, config: WorkerConfig, processes: int, log_level: int) -> int:
     """Run ``processes`` worker children and restart any that dies
     unexpectedly, until a stop signal; the exit code to end with."""
-    settings = {"app": app, "config": dataclasses.asdict(config), "log_level": log_level}
+    settings = {
+        "app": app,
+        "config": dataclasses.asdict(config),
+        "log_level": log_level,
+        "supervisor": os.getpid(),
+    }
     argv = [sys.executable, "-m", "jobsd.workers", json.dumps(settings)]
     children = [subprocess.Popen(argv) for _ in range(processes)]
     stopping: list[bool] = []
@@ -94,4 +117,4 @@ def child_main(argv: list[str]) -> None:
     fields = settings["config"]
     fields["queues"] = tuple(fields["queues"])
     logging.basicConfig(level=settings["log_level"], format=LOG_FORMAT)
-    run_worker(load_registry(settings["app"]), WorkerConfig(**fields))
+    run_worker(load_registry(settings["app"]), WorkerConfig(**fields), settings["supervisor"])
