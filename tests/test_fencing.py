@@ -41,14 +41,20 @@ def worker_of(client: Client, job_id: str) -> str:
     return status.worker
 
 
-def test_a_forged_ack_from_a_connection_without_hello_changes_nothing(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    broker, endpoint = cluster.broker("memory://")
+def one_running_job(cluster: Cluster, tmp_path: Path) -> tuple[str, Client, Process, str]:
+    """A broker, a worker of one slot, and a gated job it runs."""
+    _, endpoint = cluster.broker("memory://")
     worker = cluster.worker(endpoint, APP, "-c", "1")
     client = cluster.client(endpoint)
     job_id = client.submit("hold", str(tmp_path))
     started(worker, job_id, 1)
+    return endpoint, client, worker, job_id
+
+
+def test_a_forged_ack_from_a_connection_without_hello_changes_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    endpoint, client, worker, job_id = one_running_job(cluster, tmp_path)
     forger = RawPeer(endpoint)
     try:
         # The right id and attempt, and any lease it may guess: never HELLO'd.
@@ -69,11 +75,7 @@ def test_a_forged_ack_from_a_connection_without_hello_changes_nothing(
 def test_a_forged_report_from_a_registered_connection_is_stale(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    broker, endpoint = cluster.broker("memory://")
-    worker = cluster.worker(endpoint, APP, "-c", "1")
-    client = cluster.client(endpoint)
-    job_id = client.submit("hold", str(tmp_path))
-    started(worker, job_id, 1)
+    endpoint, client, worker, job_id = one_running_job(cluster, tmp_path)
     victim = worker_of(client, job_id)
     forger = RawPeer(endpoint)
     try:
