@@ -157,8 +157,8 @@ def test_a_worker_that_reconnects_takes_its_running_jobs_to_the_new_session(core
     core.peers.remove(old)
     new = core.peer()
     new.hello("w1", capacity=1, running=(("a", jobs["a"].lease),))
-    for _ in range(8):  # until the broker finds the old connection gone (a failed
-        # heartbeat to it), or silent past its liveness (3 s) at the latest
+    for _ in range(12):  # until the broker finds the old connection gone (a failed
+        # heartbeat to it, within 1 s) and the worker has not taken b back (3 s)
         if core.job("b").state == "ready":
             break
         new.send(HEARTBEAT, {})
@@ -219,3 +219,30 @@ def test_a_report_for_a_job_no_session_holds_counts_only_from_its_worker() -> No
         assert core.broker.manager.stale_reports == 1
     finally:
         core.close()
+
+
+def test_jobs_of_a_vanished_connection_wait_one_liveness_for_their_worker(core: Core) -> None:
+    """A send to a session fails (its socket is gone): its worker may be
+    saying HELLO on a new one, as after a broker stall. A HELLO naming the
+    lease within one liveness period takes the job over, attempt unchanged;
+    a job nobody names goes back then."""
+    old = core.peer()
+    old.hello("w1", capacity=2)
+    core.submit("a", "b")
+    jobs: dict[str, Dispatch] = {}
+    while len(jobs) < 2:
+        for item in old.recv(JOB)["jobs"]:
+            jobs[Dispatch.from_wire(item).id] = Dispatch.from_wire(item)
+    old.close()
+    core.peers.remove(old)
+    core.advance(1.0)  # a heartbeat to it fails: its session ends
+    assert len(core.broker.sessions) == 0
+    assert core.job("a").state == core.job("b").state == "running"
+    new = core.peer()
+    new.hello("w1", capacity=1, running=(("a", jobs["a"].lease),))  # a fills it
+    for _ in range(8):
+        new.send(HEARTBEAT, {})
+        core.advance(0.5)
+    a, b = core.job("a"), core.job("b")
+    assert (a.state, a.attempts, a.lease) == ("running", 1, jobs["a"].lease)
+    assert (b.state, b.attempts, b.error) == ("ready", 1, "worker lost: it did not come back")

@@ -31,7 +31,11 @@ class BrokerCore(Protocol):
         """Send without blocking; False when the peer is gone."""
 
     def end_session(
-        self, session: WorkerSession, reason: str, undelivered: Sequence[JobRecord] = ()
+        self,
+        session: WorkerSession,
+        reason: str,
+        undelivered: Sequence[JobRecord] = (),
+        gone: bool = False,
     ) -> None:
         """End a session and put back at once what it held."""
 

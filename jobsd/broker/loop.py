@@ -237,17 +237,37 @@ class Broker:
     # -- sessions ending ------------------------------------------------------------
 
     def end_session(
-        self, session: WorkerSession, reason: str, undelivered: Sequence[JobRecord] = ()
+        self,
+        session: WorkerSession,
+        reason: str,
+        undelivered: Sequence[JobRecord] = (),
+        gone: bool = False,
     ) -> None:
-        """However a session ends, what it held goes back at once: jobs that
-        never reached it without counting the attempt, the others counted."""
+        """However a session ends, what it held goes back: jobs that never
+        reached it at once, without counting the attempt; the others, counted,
+        at once too, but when only its connection is ``gone`` (a send to it
+        failed) after one liveness period, unless its worker says HELLO on a
+        new connection by then and takes them over (it may have rebuilt its
+        socket while this broker was stalled)."""
         jobs = self.sessions.end(session)
         self.cron.forget(session.peer)
         never = {job.id for job in undelivered}
         lost = [job for job in jobs if job.id not in never]
         level = logging.WARNING if jobs else logging.INFO
-        log.log(level, "%s: %s, %d job(s) go back", reason, session.worker_id, len(jobs))
         now = self.clock()
+        if gone and lost:
+            self.sessions.await_return(lost, now + self.config.silence)
+            log.log(
+                level,
+                "%s: %s, %d job(s) go back unless it comes back within %.1f s",
+                reason,
+                session.worker_id,
+                len(jobs),
+                self.config.silence,
+            )
+            lost = []
+        else:
+            log.log(level, "%s: %s, %d job(s) go back", reason, session.worker_id, len(jobs))
         try:
             self.settle(
                 self.manager.hand_back(undelivered, now) + self.manager.lost(lost, reason, now)
@@ -297,7 +317,9 @@ class Broker:
         if not self.send(session.peer, JOB, {"jobs": [Dispatch.of(job).to_wire() for job in jobs]}):
             # The worker vanished since its last message: the jobs never
             # reached it; what it ran before goes back, its attempt counted.
-            self.end_session(session, "worker lost: could not send it jobs", undelivered=jobs)
+            self.end_session(
+                session, "worker lost: could not send it jobs", undelivered=jobs, gone=True
+            )
 
     # -- deadlines --------------------------------------------------------------------
 
@@ -305,7 +327,12 @@ class Broker:
         """The next chore, due job, WAIT deadline, cron fire, or retry of a
         commit that failed."""
         retry = self.clock() + 0.1 if self._pending is not None else None
-        deadlines = (self.timers.next_at(), self.next_due, self.waiters.next_deadline())
+        deadlines = (
+            self.timers.next_at(),
+            self.next_due,
+            self.waiters.next_deadline(),
+            self.sessions.next_return(),
+        )
         candidates = [t for t in (*deadlines, self.cron.next_fire(), retry) if t is not None]
         return min(candidates, default=self.clock() + 1.0)
 
@@ -321,6 +348,8 @@ class Broker:
             for job in self.manager.enqueue_fires(self.cron.due(now), now):
                 self.maybe_ready.add(job.queue)
             self.waiters.expire(now)
+            if overdue := self.sessions.overdue(now):
+                self.settle(self.manager.lost(overdue, "worker lost: it did not come back", now))
             self.timers.run_due(now)
         except StorageError as exc:
             log.error("storage failed in a timer, will retry: %s", exc)

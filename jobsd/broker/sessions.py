@@ -50,6 +50,9 @@ class Sessions:
         self._by_peer: dict[bytes, WorkerSession] = {}
         self._owner: dict[str, WorkerSession] = {}
         self._told: OrderedDict[bytes, None] = OrderedDict()
+        #: Jobs of sessions whose connection vanished, by id: their worker may
+        #: have a new connection whose HELLO is on its way, until the deadline.
+        self._away: dict[str, tuple[JobRecord, float]] = {}
 
     def __iter__(self) -> Iterator[WorkerSession]:
         return iter(list(self._by_peer.values()))
@@ -112,6 +115,26 @@ class Sessions:
         session.inflight.clear()
         return jobs
 
+    def await_return(self, jobs: list[JobRecord], until: float) -> None:
+        """These jobs' connection is gone, not necessarily their worker: a
+        HELLO that names their leases by ``until`` takes them over."""
+        for job in jobs:
+            self._away[job.id] = (job, until)
+
+    def overdue(self, now: float) -> list[JobRecord]:
+        """The jobs whose worker did not come back in time, forgotten."""
+        late = [job for job, until in self._away.values() if until <= now]
+        for job in late:
+            del self._away[job.id]
+        return late
+
+    def accounted(self, job_id: str) -> bool:
+        """Whether a session holds the job, or its worker may yet come back for it."""
+        return job_id in self._owner or job_id in self._away
+
+    def next_return(self) -> float | None:
+        return min((until for _, until in self._away.values()), default=None)
+
     def silent_since(self, limit: float) -> list[WorkerSession]:
         return [s for s in self._by_peer.values() if s.last_seen < limit]
 
@@ -126,6 +149,7 @@ class Sessions:
     def take(self, session: WorkerSession, jobs: list[JobRecord]) -> None:
         """``session`` holds these jobs now (pushed, or adopted from a HELLO)."""
         for job in jobs:
+            self._away.pop(job.id, None)
             previous = self._owner.get(job.id)
             if previous is not None and previous is not session:
                 previous.inflight.pop(job.id, None)  # its old connection

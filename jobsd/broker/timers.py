@@ -70,7 +70,7 @@ class Heartbeats:
             broker.end_session(session, "worker lost: no heartbeat")
         for session in broker.sessions:
             if not broker.send(session.peer, HEARTBEAT, {}):  # its connection is gone
-                broker.end_session(session, "worker lost: could not send it a heartbeat")
+                broker.end_session(session, "worker lost: could not send it a heartbeat", gone=True)
 
 
 class Leases:
@@ -106,7 +106,7 @@ class Orphans:
 
     def run(self, now: float) -> None:
         broker = self.broker
-        orphans = [job for job in broker.manager.orphans() if broker.sessions.owner(job.id) is None]
+        orphans = [job for job in broker.manager.orphans() if not broker.sessions.accounted(job.id)]
         if orphans:
             log.warning(
                 "%d job(s) handed out before this broker started: their workers did not come "
