@@ -18,7 +18,7 @@ from typing import Any
 
 from jobsd.broker.config import BrokerConfig
 from jobsd.protocol.backoff import Backoff
-from jobsd.protocol.options import JobOptions
+from jobsd.protocol.options import NO_OPTIONS, JobOptions
 from jobsd.protocol.producer import (
     GetRequest,
     JobSubmission,
@@ -101,15 +101,21 @@ class JobManager:
     # -- submitting --------------------------------------------------------------
 
     def learn_job_types(self, job_types: dict[str, JobOptions]) -> None:
-        """Adopt the defaults workers announce, for producers that submit by name."""
-        self.job_types.update(job_types)
+        """Adopt the defaults workers announce, for producers that submit by
+        name. A type that sets none is forgotten: its submits take the quick
+        path of every default."""
+        for name, defaults in job_types.items():
+            if defaults == NO_OPTIONS:
+                self.job_types.pop(name, None)
+            else:
+                self.job_types[name] = defaults
 
     def new_jobs(self, subs: Sequence[JobSubmission], now: float) -> list[NewJob]:
         """Submissions with their type's defaults, then the broker's, filled in."""
         jobs = []
         for sub in subs:
             kind = self.job_types.get(sub.name)
-            options = sub.options if kind is None else (sub.options or kind).merged_over(kind)
+            options = sub.options.merged_over(kind) if sub.options and kind else sub.options or kind
             if options is None:  # most submits: every default
                 jobs.append(
                     NewJob(
