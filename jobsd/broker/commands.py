@@ -68,7 +68,7 @@ from jobsd.protocol.worker import (
     decode_releases,
     report_seq,
 )
-from jobsd.storage import Lease, NewJob, StorageError
+from jobsd.storage import NewJob, StorageError
 from jobsd.vocabulary import FINAL_STATES
 
 log = logging.getLogger("jobsd.broker")
@@ -186,17 +186,9 @@ class Commands:
         answers for these leases: take over the current ones, so they are not
         expired under it. The others (their jobs taken from it while it was
         away) hold its slots until it reports them."""
-        leases = []
-        for job_id, token in running:
-            owner = self.sessions.owner(job_id)
-            if owner is None or owner.worker_id == session.worker_id:
-                record = self.sessions.running(job_id)
-                if record is None or record.lease == token:
-                    leases.append(Lease(job_id, token, None if owner else session.worker_id))
+        leases = self.sessions.adoptable(session, running)
         adopted = self.manager.adopt(leases, now) if leases else []
-        self.sessions.take(session, adopted)
-        held = {job_id for job_id, _ in running} - {job.id for job in adopted}
-        session.held |= held - set(session.inflight)
+        self.sessions.adopt(session, running, adopted)
         if session.held:
             log.info(
                 "worker %s still runs %d job(s) now run elsewhere: they hold its slots until "

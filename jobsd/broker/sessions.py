@@ -156,6 +156,30 @@ class Sessions:
             session.inflight[job.id] = job
             self._owner[job.id] = session
 
+    def adoptable(self, session: WorkerSession, running: list[tuple[str, str]]) -> list[Lease]:
+        """Of the leases a HELLO names, those its worker may take over: held by
+        no session (storage checks the claim was this worker's), or by one of
+        this worker's own under that very lease (its old connection)."""
+        leases = []
+        for job_id, token in running:
+            owner = self._owner.get(job_id)
+            if owner is None:
+                leases.append(Lease(job_id, token, session.worker_id))
+            elif owner.worker_id == session.worker_id:
+                record = owner.inflight.get(job_id)
+                if record is not None and record.lease == token:
+                    leases.append(Lease(job_id, token))
+        return leases
+
+    def adopt(
+        self, session: WorkerSession, running: list[tuple[str, str]], adopted: list[JobRecord]
+    ) -> None:
+        """``session`` holds the ``adopted`` jobs now; the others its HELLO
+        named (taken from it while it was away) hold its slots until reported."""
+        self.take(session, adopted)
+        stale = {job_id for job_id, _ in running} - {job.id for job in adopted}
+        session.held |= stale - set(session.inflight)
+
     def fence(self, session: WorkerSession, job_id: str, token: str) -> Lease | None:
         """The lease a report from ``session`` may end, or None when another
         lease holds the job: another session's, or a newer one of its own.
@@ -183,10 +207,6 @@ class Sessions:
 
     def owner(self, job_id: str) -> WorkerSession | None:
         return self._owner.get(job_id)
-
-    def running(self, job_id: str) -> JobRecord | None:
-        owner = self._owner.get(job_id)
-        return None if owner is None else owner.inflight.get(job_id)
 
     def leases(self) -> list[Lease]:
         """Every lease a live session holds: what the lease timer extends."""
