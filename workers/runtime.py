@@ -139,9 +139,8 @@ class Worker:
                 log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
                 # Not registered on this socket either: wait longer on the next
                 # one (its HELLO reaches a broker that comes back at once).
-                if self._registered:
-                    self._patience = self._heartbeat * self._liveness
-                else:
+                # (Registered, the patience is the liveness WELCOME set.)
+                if not self._registered:
                     self._patience = min(self._patience * 2, self.config.reconnect_max)
                 poller.unregister(sock)
                 sock = self._connect(poller)
@@ -287,7 +286,10 @@ class Worker:
             del self.running[running.job.id]
             if report.lease != running.job.lease:  # the run took a newer claim over
                 report = dataclasses.replace(report, lease=running.job.lease)
-            (acks if isinstance(report, Ack) else fails).append(report)  # type: ignore[arg-type]
+            if isinstance(report, Ack):
+                acks.append(report)
+            else:
+                fails.append(report)
         if acks:
             self.outbox.acks(acks, self._sender())
         if fails:
