@@ -17,7 +17,15 @@ from typing import Any, Protocol
 from jobsd.protocol.fields import Fields
 from jobsd.protocol.framing import ProtocolError, pack, unpack
 from jobsd.protocol.options import JobOptions
-from jobsd.vocabulary import FINAL_STATES, MAX_BATCH, MAX_TIMESTAMP, MAX_WAIT, STATES
+from jobsd.vocabulary import (
+    FINAL_STATES,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_BATCH,
+    MAX_KEY_LENGTH,
+    MAX_TIMESTAMP,
+    MAX_WAIT,
+    STATES,
+)
 
 # -- job arguments -----------------------------------------------------------------
 
@@ -185,13 +193,13 @@ class JobStatus:
             created_at=f.number("created_at"),
             updated_at=f.number("updated_at"),
             timeout=f.number("timeout", required=False, high=MAX_TIMESTAMP),
-            unique_key=f.text("unique_key", required=False, max_len=1000),
+            unique_key=f.text("unique_key", required=False, max_len=MAX_KEY_LENGTH),
             args=tuple(args),
             kwargs=kwargs,
             result=None if result is None else unpack(result),
             error=view.get("error"),
             worker=view.get("worker"),
-            errors=tuple(f.array("errors", required=False, max_len=10**6)),
+            errors=tuple(f.array("errors", required=False, max_len=MAX_ATTEMPTS_LIMIT)),
         )
 
 
