@@ -9,6 +9,7 @@ from typing import Any
 from jobsd.storage.base import Storage
 from jobsd.storage.records import Grant, JobRecord, Lease, NewJob
 from jobsd.storage.rules import Transition, again, done, ended, released
+from jobsd.vocabulary import DEAD
 
 # An epoch with a fraction, to catch backends that round timestamps.
 NOW = 1_700_000_000.123456
@@ -100,7 +101,7 @@ class ContractBase:
     def fail(
         self, held: JobRecord | Lease, error: str = "boom", retry_at: float | None = None
     ) -> bool:
-        to = ended("dead", error) if retry_at is None else again(retry_at, NOW, error)
+        to = ended(DEAD, error) if retry_at is None else again(retry_at, NOW, error)
         return self.end(held, to)
 
     def release(self, held: JobRecord | Lease) -> bool:
