@@ -18,35 +18,8 @@ from typing import Any
 from jobsd.broker.core import BrokerCore
 from jobsd.broker.manager import Report
 from jobsd.broker.sessions import WorkerSession
-from jobsd.protocol.framing import (
-    ACK,
-    BYE,
-    CANCEL,
-    DELETE,
-    ERROR,
-    FAIL,
-    GET,
-    HEARTBEAT,
-    HELLO,
-    LIST,
-    NOT_FOUND,
-    OK,
-    PAUSE,
-    PING,
-    PURGE,
-    RECONNECT,
-    RELEASE,
-    RESUME,
-    RETRY,
-    STATS,
-    STORAGE_ERROR,
-    SUBMIT,
-    UNKNOWN_COMMAND,
-    WAIT,
-    WELCOME,
-    ProtocolError,
-    error_body,
-)
+from jobsd.protocol import framing as wire
+from jobsd.protocol.framing import ProtocolError
 from jobsd.protocol.producer import (
     GetRequest,
     IdsRequest,
@@ -95,49 +68,49 @@ class Commands:
         self.sessions = broker.sessions
         #: Handled as they arrive (submits and reports join the turn's commit).
         self.handlers: dict[bytes, Handler] = {
-            SUBMIT: self.submit,
-            HELLO: self.hello,
-            ACK: self.ack,
-            FAIL: self.fail,
-            RELEASE: self.release,
-            HEARTBEAT: self.heartbeat,
-            BYE: self.bye,
+            wire.SUBMIT: self.submit,
+            wire.HELLO: self.hello,
+            wire.ACK: self.ack,
+            wire.FAIL: self.fail,
+            wire.RELEASE: self.release,
+            wire.HEARTBEAT: self.heartbeat,
+            wire.BYE: self.bye,
         }
         #: Answered after the turn's commit, with the body of their OK.
         self.requests: dict[bytes, Request] = {
-            GET: self.get,
-            LIST: self.list_jobs,
-            STATS: self.stats,
-            CANCEL: self.cancel,
-            RETRY: self.retry,
-            DELETE: self.delete,
-            PAUSE: self.pause,
-            RESUME: self.resume,
-            PURGE: self.purge,
-            PING: self.ping,
+            wire.GET: self.get,
+            wire.LIST: self.list_jobs,
+            wire.STATS: self.stats,
+            wire.CANCEL: self.cancel,
+            wire.RETRY: self.retry,
+            wire.DELETE: self.delete,
+            wire.PAUSE: self.pause,
+            wire.RESUME: self.resume,
+            wire.PURGE: self.purge,
+            wire.PING: self.ping,
         }
 
     def receive(self, peer: bytes, command: bytes, body: Any, turn: Turn) -> None:
         handler = self.handlers.get(command)
         if handler is not None:
             handler(peer, body, turn)
-        elif command in self.requests or command == WAIT:
+        elif command in self.requests or command == wire.WAIT:
             turn.requests.append((peer, command, body))
         else:
-            raise ProtocolError(f"unknown command {command[:32]!r}", code=UNKNOWN_COMMAND)
+            raise ProtocolError(f"unknown command {command[:32]!r}", code=wire.UNKNOWN_COMMAND)
 
     def answer(self, peer: bytes, command: bytes, body: Any, now: float) -> None:
         send = self.broker.send
         try:
-            if command == WAIT:
+            if command == wire.WAIT:
                 self.wait(peer, body, now)
             else:
-                send(peer, OK, self.requests[command](body, now))
+                send(peer, wire.OK, self.requests[command](body, now))
         except ProtocolError as exc:
-            send(peer, ERROR, error_body(exc.code, str(exc)))
+            send(peer, wire.ERROR, wire.error_body(exc.code, str(exc)))
         except StorageError as exc:
             log.error("storage failed on %s: %s", command.decode(), exc)
-            send(peer, ERROR, error_body(STORAGE_ERROR, str(exc)))
+            send(peer, wire.ERROR, wire.error_body(wire.STORAGE_ERROR, str(exc)))
 
     # -- producers: stored with the turn -------------------------------------------
 
@@ -152,7 +125,7 @@ class Commands:
         say HELLO; what it sent is not applied (it sends reports again)."""
         session = self.sessions.seen(peer, self.broker.clock())
         if session is None and self.sessions.first_word_from(peer):
-            self.broker.send(peer, RECONNECT, {})
+            self.broker.send(peer, wire.RECONNECT, {})
         return session
 
     def hello(self, peer: bytes, body: Any, turn: Turn) -> None:
@@ -162,7 +135,7 @@ class Commands:
         session, replaced = self.sessions.register(peer, hello, now)
         self.broker.cron.add(hello.schedules, now, by=peer)
         self._adopt(session, hello.running, now)
-        if replaced is not None and not self.broker.send(replaced.peer, HEARTBEAT, {}):
+        if replaced is not None and not self.broker.send(replaced.peer, wire.HEARTBEAT, {}):
             # The same worker on a new connection, its old one gone: what the
             # old session held and the HELLO did not take over goes back. (An
             # old connection still there is left to its heartbeats: a HELLO
@@ -179,7 +152,7 @@ class Commands:
             hello.capacity,
         )
         welcome = Welcome(self.broker.config.heartbeat, self.broker.config.liveness)
-        self.broker.send(peer, WELCOME, welcome.to_wire())
+        self.broker.send(peer, wire.WELCOME, welcome.to_wire())
 
     def _adopt(self, session: WorkerSession, running: list[tuple[str, str]], now: float) -> None:
         """A worker that reconnected (a broker restart, a network cut) still
@@ -255,9 +228,9 @@ class Commands:
         request = WaitRequest.from_wire(body)
         (view,) = self.manager.get(GetRequest([request.id]))
         if view is None:
-            raise ProtocolError(f"no job {request.id}", code=NOT_FOUND)
+            raise ProtocolError(f"no job {request.id}", code=wire.NOT_FOUND)
         if view["state"] in FINAL_STATES or request.timeout <= 0:
-            self.broker.send(peer, OK, {"job": view})
+            self.broker.send(peer, wire.OK, {"job": view})
         else:
             self.broker.waiters.add(request.id, peer, now + request.timeout)
 
@@ -294,7 +267,7 @@ class Commands:
         for job_id, ok in zip(ids, cancelled, strict=True):
             owner = None if ok else self.sessions.owner(job_id)
             if owner is not None:
-                self.broker.send(owner.peer, CANCEL, {"ids": [job_id]})
+                self.broker.send(owner.peer, wire.CANCEL, {"ids": [job_id]})
             requested.append(owner is not None)
         self.broker.waiters.finished(
             [job_id for job_id, ok in zip(ids, cancelled, strict=True) if ok]
