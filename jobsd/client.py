@@ -59,11 +59,7 @@ class Client:
         self.endpoint = endpoint
         self.timeout = timeout
         self.retries = retries
-        self._pid = os.getpid()
-        self._context: zmq.Context[Any] = zmq.Context()
-        self._local = threading.local()
-        self._sockets: list[zmq.Socket[Any]] = []
-        self._lock = threading.Lock()
+        self._start()
 
     # -- submitting ------------------------------------------------------------------
 
@@ -238,7 +234,7 @@ class Client:
         """This thread's REQ socket, its receive timeout set to ``timeout_ms``
         (a timeout on the socket, not a poll per request: fewer calls)."""
         if os.getpid() != self._pid:
-            self._after_fork()
+            self._start()
         sock: zmq.Socket[Any] | None = getattr(self._local, "socket", None)
         if sock is None:
             sock = self._context.socket(zmq.REQ)
@@ -260,12 +256,12 @@ class Client:
             self._sockets.remove(sock)
         sock.close(linger=0)
 
-    def _after_fork(self) -> None:
-        """A context never crosses fork(): leave the parent's alone, start anew."""
+    def _start(self) -> None:
+        """This process's own context and sockets: a context never crosses fork()."""
         self._pid = os.getpid()
-        self._context = zmq.Context()
+        self._context: zmq.Context[Any] = zmq.Context()
         self._local = threading.local()
-        self._sockets = []
+        self._sockets: list[zmq.Socket[Any]] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:
