@@ -104,7 +104,3 @@ class Backoff:
             max_delay=3600.0 if max_delay is None else max_delay,
             jitter=f.flag("jitter") if "jitter" in f else kind == EXPONENTIAL,
         )
-
-
-#: What a job gets when neither its type nor its submit names a policy.
-DEFAULT_BACKOFF = Backoff.exponential()
