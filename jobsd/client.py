@@ -61,8 +61,6 @@ class Client:
         self.retries = retries
         self._start()
 
-    # -- submitting ------------------------------------------------------------------
-
     def submit(self, job: JobRef, *args: Any, **kwargs: Any) -> str:
         """Submit one job with these arguments and its type's defaults; return its id."""
         if isinstance(job, str) and job:  # by name, no options: the wire form at once
@@ -107,8 +105,6 @@ class Client:
             read = self._read(producer.read_submit_reply, reply, len(chunk))
             results += [Submitted(job_id, created) for job_id, created in read]
         return results
-
-    # -- asking ------------------------------------------------------------------------
 
     def status(self, job_id: str, *, errors: bool = False) -> JobStatus | None:
         """The job's state, or None when there is no such job. With ``errors``,
@@ -161,8 +157,6 @@ class Client:
     def ping(self) -> bool:
         return bool(self._request(framing.PING, {})["pong"])
 
-    # -- changing ----------------------------------------------------------------------
-
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or scheduled job (True), or ask a running one's
         handler to stop (False; it sees ``JobContext.cancelled``)."""
@@ -192,8 +186,6 @@ class Client:
         last changed more than ``older_than`` seconds ago."""
         body = producer.PurgeRequest(list(states), older_than)
         return int(self._request(framing.PURGE, body)["purged"])
-
-    # -- the socket ----------------------------------------------------------------------
 
     def _request(self, command: bytes, body: Any, wait: float = 0.0) -> Any:
         if isinstance(body, producer.Request):
