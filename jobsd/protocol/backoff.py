@@ -91,7 +91,6 @@ class Backoff:
 
     @classmethod
     def from_wire(cls, body: Any) -> Backoff:
-        """Read a policy map; ``ProtocolError`` when it is not a valid one."""
         f = Fields(body, "backoff")
         kind = f.text("kind", required=False) or EXPONENTIAL
         delay = f.number("delay", required=False)
