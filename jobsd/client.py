@@ -18,43 +18,10 @@ from typing import Any, TypeAlias, TypeVar
 import zmq
 
 from jobsd.errors import BrokerError, BrokerUnavailable, JobFailed, JobNotFound, ResultTimeout
-from jobsd.protocol.framing import (
-    CANCEL,
-    DELETE,
-    ERROR,
-    GET,
-    LIST,
-    PAUSE,
-    PING,
-    PURGE,
-    RESUME,
-    RETRY,
-    STATS,
-    SUBMIT,
-    WAIT,
-    ProtocolError,
-    decode,
-    encode,
-    recv,
-    send,
-)
+from jobsd.protocol import framing, producer
+from jobsd.protocol.framing import ProtocolError
 from jobsd.protocol.options import JobOptions
-from jobsd.protocol.producer import (
-    GetRequest,
-    IdsRequest,
-    JobStatus,
-    JobSubmission,
-    ListRequest,
-    PurgeRequest,
-    QueueRequest,
-    RetryRequest,
-    WaitRequest,
-    pack_args,
-    read_get_reply,
-    read_list_reply,
-    read_submit_reply,
-    read_wait_reply,
-)
+from jobsd.protocol.producer import JobStatus
 from jobsd.vocabulary import MAX_BATCH
 from jobsd.workers.registry import JobDefinition, JobRequest
 
@@ -92,20 +59,14 @@ class Client:
         self.endpoint = endpoint
         self.timeout = timeout
         self.retries = retries
-        self._pid = os.getpid()
-        self._context: zmq.Context[Any] = zmq.Context()
-        self._local = threading.local()
-        self._sockets: list[zmq.Socket[Any]] = []
-        self._lock = threading.Lock()
-
-    # -- submitting ------------------------------------------------------------------
+        self._start()
 
     def submit(self, job: JobRef, *args: Any, **kwargs: Any) -> str:
         """Submit one job with these arguments and its type's defaults; return its id."""
         if isinstance(job, str) and job:  # by name, no options: the wire form at once
-            wire = {"id": new_job_id(), "name": job, "args": pack_args(args, kwargs)}
-            reply = self._request(SUBMIT, {"jobs": [wire]})
-            return self._read(read_submit_reply, reply, 1)[0][0]
+            wire = {"id": new_job_id(), "name": job, "args": producer.pack_args(args, kwargs)}
+            reply = self._request(framing.SUBMIT, {"jobs": [wire]})
+            return self._read(producer.read_submit_reply, reply, 1)[0][0]
         return self.submit_many([_request(job, args, kwargs)])[0].id
 
     def enqueue(
@@ -132,31 +93,30 @@ class Client:
     def submit_many(self, requests: Iterable[JobRequest]) -> list[Submitted]:
         """Submit a batch in one round trip and one storage transaction."""
         jobs = [
-            JobSubmission(r.job_id or new_job_id(), r.name, pack_args(r.args, r.kwargs), r.options)
+            producer.JobSubmission(
+                r.job_id or new_job_id(), r.name, producer.pack_args(r.args, r.kwargs), r.options
+            )
             for r in requests
         ]
         results: list[Submitted] = []
         for start in range(0, len(jobs), MAX_BATCH):
             chunk = jobs[start : start + MAX_BATCH]
-            reply = self._request(SUBMIT, {"jobs": [j.to_wire() for j in chunk]})
-            results += [
-                Submitted(i, c) for i, c in self._read(read_submit_reply, reply, len(chunk))
-            ]
+            reply = self._request(framing.SUBMIT, {"jobs": [j.to_wire() for j in chunk]})
+            read = self._read(producer.read_submit_reply, reply, len(chunk))
+            results += [Submitted(job_id, created) for job_id, created in read]
         return results
-
-    # -- asking ------------------------------------------------------------------------
 
     def status(self, job_id: str, *, errors: bool = False) -> JobStatus | None:
         """The job's state, or None when there is no such job. With ``errors``,
         every failed attempt's error too."""
-        reply = self._request(GET, GetRequest([job_id], errors).to_wire())
-        return self._read(read_get_reply, reply, 1)[0]
+        reply = self._request(framing.GET, producer.GetRequest([job_id], errors))
+        return self._read(producer.read_get_reply, reply, 1)[0]
 
     def wait(self, job_id: str, timeout: float) -> JobStatus:
         """Block until the job is finished or ``timeout`` seconds pass (the
         broker holds the request; nothing polls); return its status then."""
-        reply = self._request(WAIT, WaitRequest(job_id, timeout).to_wire(), wait=timeout)
-        status = self._read(read_wait_reply, reply)
+        reply = self._request(framing.WAIT, producer.WaitRequest(job_id, timeout), wait=timeout)
+        status = self._read(producer.read_wait_reply, reply)
         if status is None:
             raise JobNotFound(job_id)
         return status
@@ -187,67 +147,64 @@ class Client:
     ) -> tuple[list[JobStatus], str | None]:
         """One page of jobs, newest first, and the cursor of the next page
         (None after the last): pass it back to read on."""
-        reply = self._request(LIST, ListRequest(queue, state, limit, cursor).to_wire())
-        return self._read(read_list_reply, reply)
+        reply = self._request(framing.LIST, producer.ListRequest(queue, state, limit, cursor))
+        return self._read(producer.read_list_reply, reply)
 
     def stats(self) -> dict[str, Any]:
         """Counts per queue and state, paused queues, connected workers."""
-        return dict(self._request(STATS, {}))
+        return dict(self._request(framing.STATS, {}))
 
     def ping(self) -> bool:
-        return bool(self._request(PING, {})["pong"])
-
-    # -- changing ----------------------------------------------------------------------
+        return bool(self._request(framing.PING, {})["pong"])
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or scheduled job (True), or ask a running one's
         handler to stop (False; it sees ``JobContext.cancelled``)."""
-        return bool(self._request(CANCEL, IdsRequest([job_id]).to_wire())["cancelled"][0])
+        return bool(self._request(framing.CANCEL, producer.IdsRequest([job_id]))["cancelled"][0])
 
     def retry(self, job_id: str) -> bool:
         """Run a dead or cancelled job again, attempts reset."""
-        return bool(self._request(RETRY, RetryRequest([job_id]).to_wire())["retried"][0])
+        return bool(self._request(framing.RETRY, producer.RetryRequest([job_id]))["retried"][0])
 
     def retry_dead(self, queue: str | None = None) -> int:
         """Run every dead job (of ``queue``) again; return how many."""
-        return sum(self._request(RETRY, RetryRequest([], True, queue).to_wire())["retried"])
+        return sum(self._request(framing.RETRY, producer.RetryRequest([], True, queue))["retried"])
 
     def delete(self, job_ids: Sequence[str]) -> int:
         """Delete finished jobs (done, dead, cancelled); return how many."""
-        return int(self._request(DELETE, IdsRequest(list(job_ids)).to_wire())["deleted"])
+        return int(self._request(framing.DELETE, producer.IdsRequest(list(job_ids)))["deleted"])
 
     def pause(self, queue: str) -> None:
         """Stop dispatching from a queue; submits are still accepted."""
-        self._request(PAUSE, QueueRequest(queue).to_wire())
+        self._request(framing.PAUSE, producer.QueueRequest(queue))
 
     def resume(self, queue: str) -> None:
-        self._request(RESUME, QueueRequest(queue).to_wire())
+        self._request(framing.RESUME, producer.QueueRequest(queue))
 
     def purge(self, states: Sequence[str] = (), older_than: float = 0.0) -> int:
         """Delete finished jobs in ``states`` (all final states by default)
         last changed more than ``older_than`` seconds ago."""
-        body = PurgeRequest(list(states), older_than).to_wire()
-        return int(self._request(PURGE, body)["purged"])
-
-    # -- the socket ----------------------------------------------------------------------
+        body = producer.PurgeRequest(list(states), older_than)
+        return int(self._request(framing.PURGE, body)["purged"])
 
     def _request(self, command: bytes, body: Any, wait: float = 0.0) -> Any:
-        """Send, await the reply; on silence, reopen the socket and resend."""
-        message = encode(command, body)[1:]  # REQ adds the empty frame
+        if isinstance(body, producer.Request):
+            body = body.to_wire()
+        message = framing.encode(command, body)[1:]  # REQ adds the empty frame
         timeout_ms = int((self.timeout + wait) * 1000)
         for _ in range(self.retries):
             sock = self._socket(timeout_ms)
-            send(sock, message)
+            framing.send(sock, message)
             try:
-                frames = recv(sock)
+                frames = framing.recv(sock)
             except zmq.Again:  # no reply within the receive timeout
                 self._discard_socket()
                 continue
             try:
-                reply, reply_body = decode([b"", *frames])
+                reply, reply_body = framing.decode([b"", *frames])
             except ProtocolError as exc:
                 raise BrokerError("bad_reply", str(exc)) from None
-            if reply == ERROR:
+            if reply == framing.ERROR:
                 error = reply_body if isinstance(reply_body, dict) else {}
                 raise BrokerError(str(error.get("code", "bad_reply")), str(error.get("message")))
             return reply_body
@@ -269,7 +226,7 @@ class Client:
         """This thread's REQ socket, its receive timeout set to ``timeout_ms``
         (a timeout on the socket, not a poll per request: fewer calls)."""
         if os.getpid() != self._pid:
-            self._after_fork()
+            self._start()
         sock: zmq.Socket[Any] | None = getattr(self._local, "socket", None)
         if sock is None:
             sock = self._context.socket(zmq.REQ)
@@ -291,12 +248,12 @@ class Client:
             self._sockets.remove(sock)
         sock.close(linger=0)
 
-    def _after_fork(self) -> None:
-        """A context never crosses fork(): leave the parent's alone, start anew."""
+    def _start(self) -> None:
+        """This process's own context and sockets: a context never crosses fork()."""
         self._pid = os.getpid()
-        self._context = zmq.Context()
+        self._context: zmq.Context[Any] = zmq.Context()
         self._local = threading.local()
-        self._sockets = []
+        self._sockets: list[zmq.Socket[Any]] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:

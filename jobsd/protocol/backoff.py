@@ -91,7 +91,6 @@ class Backoff:
 
     @classmethod
     def from_wire(cls, body: Any) -> Backoff:
-        """Read a policy map; ``ProtocolError`` when it is not a valid one."""
         f = Fields(body, "backoff")
         kind = f.text("kind", required=False) or EXPONENTIAL
         delay = f.number("delay", required=False)
@@ -104,7 +103,3 @@ class Backoff:
             max_delay=3600.0 if max_delay is None else max_delay,
             jitter=f.flag("jitter") if "jitter" in f else kind == EXPONENTIAL,
         )
-
-
-#: What a job gets when neither its type nor its submit names a policy.
-DEFAULT_BACKOFF = Backoff.exponential()

@@ -84,9 +84,7 @@ class Fields:
 
     def binary(self, key: str, required: bool = True) -> Any:
         value = self._get(key, required)
-        if value is None:
-            return None
-        if not isinstance(value, bytes):
+        if value is not None and not isinstance(value, bytes):
             raise self._wrong(key, "binary (msgpack bin)", value)
         return value
 
@@ -123,14 +121,12 @@ def check_number(value: Any, what: str, low: float = 0.0, high: float = math.inf
 
 
 def name(value: Any, what: str, max_len: int = MAX_NAME_LENGTH) -> str:
-    """A non-empty string of at most ``max_len`` characters: an id or a name."""
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise ProtocolError(f"{what} must be a non-empty string of at most {max_len} characters")
     return value
 
 
 def items(value: Any, what: str, lengths: tuple[int, ...]) -> list[Any]:
-    """An array of one of the given lengths: one item of a batch."""
     if not isinstance(value, list) or len(value) not in lengths:
         raise ProtocolError(f"{what} must be an array of {' or '.join(map(str, lengths))} items")
     return value

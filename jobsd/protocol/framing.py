@@ -78,9 +78,6 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
-# -- bodies --------------------------------------------------------------------
-
-
 def pack(body: Any) -> bytes:
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -101,9 +98,6 @@ def unpack(data: bytes) -> Any:
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
-
-
-# -- frames --------------------------------------------------------------------
 
 
 def encode(command: bytes, body: Any) -> list[bytes]:

@@ -27,8 +27,6 @@ from jobsd.vocabulary import (
     STATES,
 )
 
-# -- job arguments -----------------------------------------------------------------
-
 
 def pack_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     """A job's arguments as the protocol carries them: msgpack [args, kwargs]."""
@@ -50,9 +48,6 @@ def unpack_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     ):
         raise ProtocolError("job args must be msgpack [positional array, keyword map]")
     return payload[0], payload[1]
-
-
-# -- SUBMIT --------------------------------------------------------------------------
 
 
 @dataclass(slots=True)  # per job: see the note on mutable records in jobsd/storage/records.py
@@ -96,9 +91,6 @@ def read_submit_reply(body: Any, expected: int) -> list[tuple[str, bool]]:
     if len(ids) != expected or len(created) != expected:
         raise ProtocolError(f"SUBMIT reply: expected {expected} results")
     return list(zip(ids, (bool(c) for c in created), strict=True))
-
-
-# -- the job view -----------------------------------------------------------------------
 
 
 class StoredJob(Protocol):
@@ -213,9 +205,6 @@ def read_get_reply(body: Any, expected: int) -> list[JobStatus | None]:
 def read_wait_reply(body: Any) -> JobStatus | None:
     view = Fields(body, "WAIT reply").mapping("job")
     return None if view is None else JobStatus.from_wire(view)
-
-
-# -- the other requests ----------------------------------------------------------------
 
 
 class Request:

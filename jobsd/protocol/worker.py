@@ -162,7 +162,6 @@ class Dispatch:
 
     @classmethod
     def of(cls, job: Claimed) -> Dispatch:
-        """The JOB item of a claimed job."""
         return cls(
             job.id, job.name, job.queue, job.attempts, job.args, job.timeout, job.lease or ""
         )
