@@ -18,6 +18,7 @@ from typing import Any, TypeAlias, TypeVar
 import zmq
 
 from jobsd.errors import BrokerError, BrokerUnavailable, JobFailed, JobNotFound, ResultTimeout
+from jobsd.keys import ClientKeys
 from jobsd.protocol import framing, producer
 from jobsd.protocol.framing import ProtocolError
 from jobsd.protocol.options import JobOptions
@@ -47,7 +48,13 @@ def new_job_id() -> str:
 
 
 class Client:
-    """A connection to one broker, shared freely between threads."""
+    """A connection to one broker, shared freely between threads.
+
+    With ``server_key`` (the broker's public key file) and ``key`` (this
+    client's secret key file) every connection is encrypted and
+    authenticated with CURVE, as a broker run with ``--keys`` requires. A
+    key the broker does not know gets no reply at all: ``BrokerUnavailable``.
+    """
 
     def __init__(
         self,
@@ -55,10 +62,13 @@ class Client:
         *,
         timeout: float = 5.0,
         retries: int = 3,
+        server_key: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.retries = retries
+        self._keys = ClientKeys.load(server_key, key)
         self._start()
 
     def submit(self, job: JobRef, *args: Any, **kwargs: Any) -> str:
@@ -231,6 +241,8 @@ class Client:
         if sock is None:
             sock = self._context.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._keys is not None:
+                self._keys.apply(sock)
             sock.connect(self.endpoint)
             self._local.socket = sock
             self._local.timeout_ms = None

@@ -8,6 +8,7 @@ from typing import Any
 
 import zmq
 
+from jobsd.keys import ClientKeys
 from jobsd.protocol.framing import HELLO, WELCOME, decode, encode
 from jobsd.protocol.worker import Hello
 
@@ -15,11 +16,19 @@ from jobsd.protocol.worker import Hello
 class RawPeer:
     """One DEALER connection to a broker, speaking the protocol by hand."""
 
-    def __init__(self, endpoint: str, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        context: zmq.Context[Any] | None = None,
+        server_key: str | None = None,
+        key: str | None = None,
+    ) -> None:
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if (keys := ClientKeys.load(server_key, key)) is not None:
+            keys.apply(self.socket)
         self.socket.connect(endpoint)
 
     def send(self, command: bytes, body: Any) -> None:
@@ -33,6 +42,11 @@ class RawPeer:
             if command == expected:
                 return body
         raise AssertionError(f"no {expected!r} from the broker within {timeout} s")
+
+    def silent_for(self, seconds: float) -> bool:
+        """Whether nothing at all arrives for ``seconds`` (what a peer the
+        broker does not let in sees)."""
+        return not self.socket.poll(int(seconds * 1000))
 
     def hello(
         self,

@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from jobsd.keys import ClientKeys
 from jobsd.protocol.framing import (
     BYE,
     CANCEL,
@@ -35,6 +36,7 @@ from jobsd.protocol.framing import (
     ProtocolError,
     decode,
     encode,
+    recv,
     recv_waiting,
     send,
 )
@@ -63,6 +65,9 @@ class WorkerConfig:
     # worker never hoards: at most concurrency + prefetch jobs are its.
     prefetch: int = 0
     reconnect_max: float = 30.0  # the longest wait for a broker on one socket
+    # Key files for a broker run with --keys: its public key, this worker's secret.
+    server_key: str | None = None
+    key: str | None = None
 
 
 class Worker:
@@ -71,6 +76,7 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.registry = registry
         self.config = config
+        self._keys = ClientKeys.load(config.server_key, config.key)
         #: Who this worker is, for its whole life: the broker records it with
         #: each job it claims for it, and takes a job's report after a broker
         #: restart only from the worker it was claimed for.
@@ -164,6 +170,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, uuid.uuid4().bytes)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        if self._keys is not None:
+            self._keys.apply(sock)
         sock.connect(self.config.endpoint)
         self._last_heard = time.monotonic()
         poller.register(sock, zmq.POLLIN)
@@ -199,7 +207,7 @@ class Worker:
     # -- from the broker ---------------------------------------------------------------
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        for frames in recv_waiting(sock, RECEIVE_BURST):
+        for frames in recv_waiting(sock, RECEIVE_BURST, recv):
             self._last_heard = time.monotonic()
             try:
                 command, body = decode(frames)

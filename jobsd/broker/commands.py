@@ -31,6 +31,7 @@ from jobsd.protocol.producer import (
     check_empty,
     decode_submit,
 )
+from jobsd.protocol.roles import permits, role_of
 from jobsd.protocol.worker import (
     Ack,
     Fail,
@@ -57,7 +58,7 @@ class Turn:
     requests: list[tuple[bytes, bytes, Any]] = field(default_factory=list)
 
 
-Handler = Callable[[bytes, Any, Turn], None]
+Handler = Callable[[bytes, str | None, Any, Turn], None]
 Request = Callable[[Any, float], Any]
 
 
@@ -90,10 +91,17 @@ class Commands:
             wire.PING: self.ping,
         }
 
-    def receive(self, peer: bytes, command: bytes, body: Any, turn: Turn) -> None:
+    def receive(self, peer: bytes, user: str | None, command: bytes, body: Any, turn: Turn) -> None:
+        """Handle a message from ``peer``, authenticated as ``user`` (None on
+        a broker without keys)."""
+        if not permits(role_of(user), command):
+            raise ProtocolError(
+                f"{command[:32].decode(errors='replace')} is not allowed for {user}",
+                code=wire.FORBIDDEN,
+            )
         handler = self.handlers.get(command)
         if handler is not None:
-            handler(peer, body, turn)
+            handler(peer, user, body, turn)
         elif command in self.requests or command == wire.WAIT:
             turn.requests.append((peer, command, body))
         else:
@@ -114,25 +122,27 @@ class Commands:
 
     # -- producers: stored with the turn -------------------------------------------
 
-    def submit(self, peer: bytes, body: Any, turn: Turn) -> None:
+    def submit(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
         turn.submits.append((peer, self.manager.new_jobs(decode_submit(body), self.broker.clock())))
 
     # -- workers -------------------------------------------------------------------
 
-    def _session(self, peer: bytes) -> WorkerSession | None:
+    def _session(self, peer: bytes, user: str | None) -> WorkerSession | None:
         """The sender's session, kept alive. A connection that said no HELLO
         (the broker restarted, or declared the worker lost) is told, once, to
         say HELLO; what it sent is not applied (it sends reports again)."""
-        session = self.sessions.seen(peer, self.broker.clock())
+        session = self.sessions.seen(peer, user, self.broker.clock())
         if session is None and self.sessions.first_word_from(peer):
             self.broker.send(peer, wire.RECONNECT, {})
         return session
 
-    def hello(self, peer: bytes, body: Any, turn: Turn) -> None:
+    def hello(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
         hello = Hello.from_wire(body)
         now = self.broker.clock()
         self.broker.cron.check(hello.schedules)  # may refuse the HELLO: before anything
-        session, replaced = self.sessions.register(peer, hello, now)
+        for schedule in hello.schedules:  # a fire must never be refused later
+            self.manager.check_args(schedule.name, schedule.args)
+        session, replaced = self.sessions.register(peer, user, hello, now)
         self.broker.cron.add(hello.schedules, now, by=peer)
         self._adopt(session, hello.running, now)
         if replaced is not None and not self.broker.send(replaced.peer, wire.HEARTBEAT, {}):
@@ -170,18 +180,19 @@ class Commands:
                 len(session.held),
             )
 
-    def ack(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(a.job_id, a.lease, a) for a in decode_acks(body)])
+    def ack(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
+        self._reports(peer, user, body, turn, [(a.job_id, a.lease, a) for a in decode_acks(body)])
 
-    def fail(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(f.job_id, f.lease, f) for f in decode_fails(body)])
+    def fail(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
+        self._reports(peer, user, body, turn, [(f.job_id, f.lease, f) for f in decode_fails(body)])
 
-    def release(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._reports(peer, body, turn, [(j, t, None) for j, t in decode_releases(body)])
+    def release(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
+        self._reports(peer, user, body, turn, [(j, t, None) for j, t in decode_releases(body)])
 
     def _reports(
         self,
         peer: bytes,
+        user: str | None,
         body: Any,
         turn: Turn,
         items: list[tuple[str, str, Ack | Fail | None]],
@@ -190,7 +201,7 @@ class Commands:
         for a job no session holds, from the worker it was claimed for), and
         are confirmed once stored: until then the worker keeps them."""
         seq = report_seq(body)
-        session = self._session(peer)
+        session = self._session(peer, user)
         if session is None:
             return
         stale = 0
@@ -206,13 +217,13 @@ class Commands:
         if seq is not None:
             turn.confirms.append((peer, seq))
 
-    def heartbeat(self, peer: bytes, body: Any, turn: Turn) -> None:
-        self._session(peer)
+    def heartbeat(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
+        self._session(peer, user)
 
-    def bye(self, peer: bytes, body: Any, turn: Turn) -> None:
+    def bye(self, peer: bytes, user: str | None, body: Any, turn: Turn) -> None:
         """The worker stops: send it nothing more; the session ends once the
         worker has reported every job it holds (its stale runs too)."""
-        session = self.sessions.get(peer)
+        session = self.sessions.get(peer, user)
         if session is not None:
             session.draining = True
             log.info("worker %s is stopping", session.worker_id)
@@ -256,6 +267,7 @@ class Commands:
             "queues": self.manager.stats(),
             "workers": workers,
             "stale_reports": self.manager.stale_reports,
+            "refused_keys": 0 if self.broker.keys is None else self.broker.keys.refused,
             "pid": os.getpid(),
             "storage": self.manager.storage.url,
         }

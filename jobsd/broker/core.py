@@ -12,6 +12,7 @@ from jobsd.broker.cron import CronTable
 from jobsd.broker.manager import JobManager, Outcome
 from jobsd.broker.sessions import Sessions, WorkerSession
 from jobsd.broker.waiters import Waiters
+from jobsd.keys import KeyRing
 from jobsd.storage import JobRecord
 
 
@@ -22,6 +23,8 @@ class BrokerCore(Protocol):
     sessions: Sessions
     waiters: Waiters
     cron: CronTable
+    #: The keys let in (None: a broker without keys, and without roles).
+    keys: KeyRing | None
     #: Queues that may have ready jobs: the next dispatch looks at them.
     maybe_ready: set[str]
     #: When the earliest scheduled job is due (None: none is).

@@ -20,10 +20,12 @@ import zmq
 from jobsd.broker.commands import Commands, Turn
 from jobsd.broker.config import BrokerConfig
 from jobsd.broker.cron import CronTable
+from jobsd.broker.gate import Gatekeeper
 from jobsd.broker.manager import JobManager, Outcome
 from jobsd.broker.sessions import Sessions, WorkerSession
-from jobsd.broker.timers import Heartbeats, Leases, Orphans, Poll, Retention, Timers
+from jobsd.broker.timers import Heartbeats, Leases, Orphans, Poll, Refusals, Retention, Timers
 from jobsd.broker.waiters import Waiters
+from jobsd.keys import KeyRing
 from jobsd.protocol import framing
 from jobsd.protocol.framing import (
     CONFIRM,
@@ -36,6 +38,8 @@ from jobsd.protocol.framing import (
     decode,
     encode,
     error_body,
+    recv_signed,
+    recv_unsigned,
     recv_waiting,
 )
 from jobsd.protocol.producer import GetRequest, submit_reply
@@ -57,6 +61,7 @@ class Broker:
         config: BrokerConfig | None = None,
         clock: Callable[[], float] = time.time,
         context: zmq.Context[Any] | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.config = config or BrokerConfig()
@@ -74,6 +79,10 @@ class Broker:
         self.next_due: float | None = None
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
+        #: With keys: CURVE on the socket, a ZAP handler checking each key.
+        self.keys = keys
+        self._gatekeeper: Gatekeeper | None = None
+        self._receive = recv_unsigned if keys is None else recv_signed
         self._stopping = False
         # Reports a failed commit could not record, retried with the next turn.
         self._pending: Turn | None = None
@@ -89,6 +98,10 @@ class Broker:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if self.keys is not None:
+            self._gatekeeper = Gatekeeper(self._context, self.keys)
+            self._gatekeeper.start()
+            self.keys.serve(sock)
         sock.bind(self.endpoint)
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -107,7 +120,7 @@ class Broker:
         assert sock is not None  # for the type checker: bind() set it
         now = self.clock()
         self.next_due = self.manager.next_run_at()
-        for chore in (Heartbeats(self), Leases(self), Poll(self), Retention(self)):
+        for chore in (Heartbeats(self), Leases(self), Poll(self), Retention(self), Refusals(self)):
             self.timers.at(now, chore)
         self.timers.at(now + self.config.silence, Orphans(self))
         poller = zmq.Poller()
@@ -130,6 +143,9 @@ class Broker:
             self._flush_pending()
             sock.close(linger=0)
             self._socket = None
+            if self._gatekeeper is not None:
+                self._gatekeeper.stop()
+                self._gatekeeper = None
             log.info("broker stopped")
 
     # -- one loop turn --------------------------------------------------------------
@@ -137,15 +153,15 @@ class Broker:
     def _turn(self, sock: zmq.Socket[Any]) -> None:
         """Handle every message that has arrived, then commit them together."""
         turn = Turn()
-        for frames in recv_waiting(sock, TURN_MESSAGES):
-            self._handle(frames, turn)
+        for frames, user in recv_waiting(sock, TURN_MESSAGES, self._receive):
+            self._handle(frames, user, turn)
         self._commit(turn)
 
-    def _handle(self, frames: list[bytes], turn: Turn) -> None:
+    def _handle(self, frames: list[bytes], user: str | None, turn: Turn) -> None:
         peer = frames[0]
         try:
             command, body = decode(frames[1:])
-            self.commands.receive(peer, command, body, turn)
+            self.commands.receive(peer, user, command, body, turn)
         except ProtocolError as exc:
             log.warning("bad message from peer %s: %s", peer.hex(), exc)
             self.send(peer, ERROR, error_body(exc.code, str(exc)))

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from jobsd.protocol.roles import name_of
 from jobsd.protocol.worker import Hello
 from jobsd.storage import JobRecord, Lease
 
@@ -32,6 +33,8 @@ class WorkerSession:
     last_seen: float
     pid: int = 0
     host: str = ""
+    #: The key it authenticated with (None on a broker without keys).
+    user: str | None = None
     #: The jobs pushed to it and not reported yet, with their leases.
     inflight: dict[str, JobRecord] = field(default_factory=dict)
     #: Jobs it said it still runs (HELLO) that are no longer its: taken from it
@@ -60,12 +63,15 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._by_peer)
 
-    def get(self, peer: bytes) -> WorkerSession | None:
-        return self._by_peer.get(peer)
-
-    def seen(self, peer: bytes, now: float) -> WorkerSession | None:
-        """The sender's session, kept alive; None for a connection that said no HELLO."""
+    def get(self, peer: bytes, user: str | None) -> WorkerSession | None:
+        """The session of a connection that said HELLO, with the key its
+        messages are signed with: a message under another key is none of its."""
         session = self._by_peer.get(peer)
+        return session if session is not None and session.user == user else None
+
+    def seen(self, peer: bytes, user: str | None, now: float) -> WorkerSession | None:
+        """The sender's session, kept alive; None for a connection that said no HELLO."""
+        session = self.get(peer, user)
         if session is not None:
             session.last_seen = now
         return session
@@ -84,7 +90,7 @@ class Sessions:
     # -- a session's life ----------------------------------------------------------
 
     def register(
-        self, peer: bytes, hello: Hello, now: float
+        self, peer: bytes, user: str | None, hello: Hello, now: float
     ) -> tuple[WorkerSession, WorkerSession | None]:
         """Register a HELLO; return its session and the session it replaces.
 
@@ -92,16 +98,21 @@ class Sessions:
         already on its way) updates it and keeps every job it holds. A HELLO
         on a new connection from a worker that has a session on another one
         (it rebuilt its socket) replaces that session: the caller ends it.
+
+        Under keys a worker's id is prefixed with its key's name, so the
+        leases storage records for it are its key's alone: no other key can
+        report for them or take them over, even after a broker restart.
         """
         self._told.pop(peer, None)
-        session = self._by_peer.get(peer)
+        session = self.get(peer, user)
         if session is not None:
             session.queues, session.capacity = tuple(hello.queues), hello.capacity
             session.last_seen, session.draining = now, False
             return session, None
-        replaced = next((s for s in self._by_peer.values() if s.worker_id == hello.worker), None)
+        worker = hello.worker if user is None else f"{name_of(user)}/{hello.worker}"
+        replaced = next((s for s in self._by_peer.values() if s.worker_id == worker), None)
         session = WorkerSession(
-            peer, hello.worker, tuple(hello.queues), hello.capacity, now, hello.pid, hello.host
+            peer, worker, tuple(hello.queues), hello.capacity, now, hello.pid, hello.host, user
         )
         self._by_peer[peer] = session
         return session, replaced

@@ -17,6 +17,9 @@ from jobsd.protocol.framing import HEARTBEAT
 
 log = logging.getLogger("jobsd.broker")
 
+#: Seconds between two log lines about refused keys.
+REFUSALS_INTERVAL = 60.0
+
 
 class Chore(Protocol):
     name: str
@@ -142,3 +145,26 @@ class Poll:
         broker.maybe_ready.update(broker.sessions.queues())
         broker.next_due = broker.manager.next_run_at()
         broker.waiters.finished(broker.waiters.waited(), only_final=True)
+
+
+class Refusals:
+    """Say once an interval how many handshakes the keys refused: an
+    attacker's reconnect loop must not write a log line per attempt."""
+
+    name = "refusals"
+
+    def __init__(self, broker: BrokerCore) -> None:
+        self.broker = broker
+        self.interval: float | None = REFUSALS_INTERVAL
+        self._logged = 0
+
+    def run(self, now: float) -> None:
+        keys = self.broker.keys
+        if keys is not None and keys.refused > self._logged:
+            log.warning(
+                "refused %d connection attempt(s) with keys not in %s in the last %.0f s",
+                keys.refused - self._logged,
+                keys.directory,
+                REFUSALS_INTERVAL,
+            )
+            self._logged = keys.refused

@@ -13,7 +13,7 @@ import logging
 
 import click
 
-from jobsd.cli import daemons, producers
+from jobsd.cli import daemons, keys, producers
 from jobsd.process import LOG_FORMAT
 
 
@@ -32,5 +32,5 @@ def main(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
 
 
-for command in (daemons.serve, daemons.migrate, daemons.worker, *producers.COMMANDS):
+for command in (daemons.serve, daemons.migrate, daemons.worker, keys.keygen, *producers.COMMANDS):
     main.add_command(command)

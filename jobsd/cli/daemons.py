@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 import click
 
 from jobsd.broker.config import BrokerConfig
-from jobsd.cli.options import ENDPOINT, F, heartbeat_options
+from jobsd.cli.options import ENDPOINT, KEY, SERVER_KEY, F, heartbeat_options
+from jobsd.keys import local_only
 from jobsd.process import on_stop_signals
+
+log = logging.getLogger("jobsd.serve")
 
 _BROKER = BrokerConfig()
 
@@ -73,6 +77,27 @@ def _keep_option(state: str, default: float | None) -> Callable[[F], F]:
     help="The broker's name in storage, the same across restarts "
     "[default: the host and the endpoint bound].",
 )
+@click.option(
+    "--max-payload",
+    type=int,
+    default=_BROKER.max_payload,
+    show_default=True,
+    help="The largest args or result of one job, in bytes.",
+)
+@click.option(
+    "--keys",
+    "keys_dir",
+    envvar="JOBSD_KEYS",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Serve with CURVE: DIR/broker.key_secret, and the public keys let in from "
+    "DIR/producers, DIR/workers, DIR/observers and DIR/admins (reread on SIGHUP).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback bind without --keys (anyone who reaches it owns it).",
+)
 def serve(
     bind: str,
     storage: str | None,
@@ -84,12 +109,28 @@ def serve(
     keep_cancelled: float,
     retention_interval: float,
     name: str,
+    max_payload: int,
+    keys_dir: str | None,
+    insecure: bool,
 ) -> None:
     """Run the broker: it owns the storage and pushes jobs to workers."""
     import zmq
 
     from jobsd.broker import Broker
+    from jobsd.keys import KeyFileError, KeyRing
     from jobsd.storage import DEFAULT_URL, StorageError, open_storage
+
+    if keys_dir is None and not insecure and not local_only(bind):
+        raise click.ClickException(
+            f"{bind} is reachable from other hosts, and without keys anyone who reaches it "
+            "may submit, read and take every job. Make keys (jobsd keygen --dir keys broker, "
+            "then a key per program: see `jobsd keygen --help`) and serve with --keys keys, "
+            "or say --insecure on a network you trust."
+        )
+    try:
+        keys = None if keys_dir is None else KeyRing(keys_dir)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
     config = BrokerConfig(
         heartbeat=heartbeat,
@@ -100,19 +141,25 @@ def serve(
         keep_cancelled=None if keep_cancelled < 0 else keep_cancelled,
         retention_interval=retention_interval,
         name=name,
+        max_payload=max_payload,
     )
     try:
         config.validate()
         store = open_storage(storage or DEFAULT_URL)
     except (ValueError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
-    broker = Broker(store, bind, config)
+    broker = Broker(store, bind, config, keys=keys)
     try:
         broker.bind()
     except zmq.ZMQError as exc:  # a malformed endpoint, or a port already taken
         store.close()
         raise click.ClickException(f"cannot bind {bind}: {exc}") from None
     on_stop_signals(broker.stop, lambda: os._exit(1))
+    if keys is None:
+        if not local_only(bind):
+            log.warning("serving %s WITHOUT KEYS (--insecure): anyone who reaches it owns it", bind)
+    else:
+        signal.signal(signal.SIGHUP, lambda signum, frame: keys.reload())
     try:
         broker.run()
     finally:
@@ -181,6 +228,8 @@ def migrate(url: str) -> None:
     show_default=True,
     help="Seconds running jobs get to finish after SIGTERM.",
 )
+@SERVER_KEY
+@KEY
 def worker(
     app: str,
     endpoint: str,
@@ -191,14 +240,18 @@ def worker(
     heartbeat: float,
     liveness: int,
     grace: float,
+    server_key: str | None,
+    key: str | None,
 ) -> None:
     """Run the jobs of APP (module:attribute of a Registry; attribute defaults to `jobs`)."""
+    from jobsd.keys import ClientKeys, KeyFileError
     from jobsd.workers.runtime import WorkerConfig
     from jobsd.workers.supervisor import AppNotFound, load_registry, run_worker, supervise
 
     try:
         registry = load_registry(app)
-    except AppNotFound as exc:
+        ClientKeys.load(server_key, key)  # a bad key file: said now, not by every process
+    except (AppNotFound, KeyFileError) as exc:
         raise click.ClickException(str(exc)) from None
     config = WorkerConfig(
         endpoint=endpoint,
@@ -208,6 +261,8 @@ def worker(
         liveness=liveness,
         grace=grace,
         prefetch=concurrency if prefetch is None else prefetch,
+        server_key=server_key,
+        key=key,
     )
     if processes > 1:
         sys.exit(supervise(app, config, processes, logging.getLogger().getEffectiveLevel()))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -11,6 +13,7 @@ from jobsd.client import DEFAULT_ENDPOINT, Client
 from jobsd.errors import JobsdError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 ENDPOINT = click.option(
     "--connect",
@@ -55,16 +58,58 @@ def heartbeat_options(
     return decorate
 
 
+SERVER_KEY = click.option(
+    "--server-key",
+    envvar="JOBSD_SERVER_KEY",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The broker's public key file (keys/broker.key), for a broker run with --keys.",
+)
+KEY = click.option(
+    "--key",
+    envvar="JOBSD_KEY",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="This program's secret key file (NAME.key_secret), for a broker run with --keys.",
+)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker a command talks to, from its four options."""
+
+    endpoint: str
+    timeout: float
+    server_key: str | None
+    key: str | None
+
+    def client(self) -> Client:
+        return run(
+            lambda: Client(
+                self.endpoint, timeout=self.timeout, server_key=self.server_key, key=self.key
+            )
+        )
+
+
 def connected(command: F) -> F:
-    """``--connect`` and ``--request-timeout``: a producer command's broker."""
-    return ENDPOINT(TIMEOUT(command))
+    """``--connect``, ``--request-timeout``, ``--server-key`` and ``--key``,
+    given to the command as one ``broker``."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        endpoint: str,
+        request_timeout: float,
+        server_key: str | None,
+        key: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return command(*args, broker=Broker(endpoint, request_timeout, server_key, key), **kwargs)
+
+    return cast(F, ENDPOINT(TIMEOUT(SERVER_KEY(KEY(wrapper)))))
 
 
-def client(endpoint: str, request_timeout: float) -> Client:
-    return Client(endpoint, timeout=request_timeout)
-
-
-def run(action: Callable[[], Any]) -> Any:
+def run(action: Callable[[], T]) -> T:
     """Call the client; a jobsd error is the command's clear error."""
     try:
         return action()

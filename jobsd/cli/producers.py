@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from jobsd.cli import show
-from jobsd.cli.options import JSON, client, connected, run
+from jobsd.cli.options import JSON, Broker, connected, run
 from jobsd.vocabulary import FINAL_STATES, MAX_BATCH, STATES
 
 
@@ -68,8 +68,7 @@ def submit(
     job_timeout: float | None,
     wait: bool,
     wait_timeout: float,
-    endpoint: str,
-    request_timeout: float,
+    broker: Broker,
 ) -> None:
     """Submit job NAME with ARGS_JSON (a JSON array, or one JSON value); print its id."""
     args = _json_arg(args_json, "ARGS_JSON")
@@ -87,7 +86,7 @@ def submit(
         "max_attempts": max_attempts,
         "timeout": job_timeout,
     }
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         submitted = run(lambda: producer.enqueue(name, args, kwargs, **options))
         if not submitted.created:
             click.echo(f"existing job {submitted.id} (same id or unique key)", err=True)
@@ -109,9 +108,9 @@ def submit(
 @click.argument("job_id")
 @JSON
 @connected
-def status(job_id: str, as_json: bool, endpoint: str, request_timeout: float) -> None:
+def status(job_id: str, as_json: bool, broker: Broker) -> None:
     """Show one job: its state, attempts, result or error history."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         found = run(lambda: producer.status(job_id, errors=True))
     if found is None:
         raise click.ClickException(f"no job {job_id}")
@@ -134,11 +133,10 @@ def jobs_command(
     limit: int,
     cursor: str | None,
     as_json: bool,
-    endpoint: str,
-    request_timeout: float,
+    broker: Broker,
 ) -> None:
     """List jobs, newest first, a page at a time."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         found, after = run(lambda: producer.list_page(queue, state, limit, cursor))
     if as_json:
         page = {"jobs": [dataclasses.asdict(j) for j in found], "next": after}
@@ -160,9 +158,9 @@ def jobs_command(
     help="Print again every SECONDS until interrupted.",
 )
 @connected
-def stats(as_json: bool, watch: float | None, endpoint: str, request_timeout: float) -> None:
+def stats(as_json: bool, watch: float | None, broker: Broker) -> None:
     """Counts per queue and state, and the connected workers."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         while True:
             data = run(producer.stats)
             click.echo(show.as_json(data)) if as_json else show.stats(data)
@@ -173,9 +171,9 @@ def stats(as_json: bool, watch: float | None, endpoint: str, request_timeout: fl
 
 @click.command()
 @connected
-def queues(endpoint: str, request_timeout: float) -> None:
+def queues(broker: Broker) -> None:
     """Counts per state for each queue, and which are paused."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         show.queues(run(producer.stats)["queues"])
 
 
@@ -184,13 +182,11 @@ def queues(endpoint: str, request_timeout: float) -> None:
 @click.option("--all-dead", is_flag=True, help="Retry every dead job.")
 @click.option("-q", "--queue", default=None, help="With --all-dead: only this queue's.")
 @connected
-def retry(
-    job_id: str | None, all_dead: bool, queue: str | None, endpoint: str, request_timeout: float
-) -> None:
+def retry(job_id: str | None, all_dead: bool, queue: str | None, broker: Broker) -> None:
     """Run a dead or cancelled job again (or every dead job)."""
     if bool(job_id) == all_dead:
         raise click.UsageError("give a JOB_ID or --all-dead")
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         if all_dead:
             click.echo(f"{run(lambda: producer.retry_dead(queue))} job(s) retried")
         elif job_id and not run(lambda: producer.retry(job_id)):
@@ -202,18 +198,18 @@ def retry(
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True)
 @connected
-def delete(job_ids: tuple[str, ...], endpoint: str, request_timeout: float) -> None:
+def delete(job_ids: tuple[str, ...], broker: Broker) -> None:
     """Delete finished jobs (done, dead or cancelled) and their history."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         click.echo(f"{run(lambda: producer.delete(job_ids))} job(s) deleted")
 
 
 @click.command()
 @click.argument("job_id")
 @connected
-def cancel(job_id: str, endpoint: str, request_timeout: float) -> None:
+def cancel(job_id: str, broker: Broker) -> None:
     """Cancel a queued job, or ask a running one to stop."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         if run(lambda: producer.cancel(job_id)):
             click.echo(f"cancelled {job_id}")
         else:
@@ -226,8 +222,8 @@ def _pausing(paused: bool, help: str) -> click.Command:
     @click.command("pause" if paused else "resume", help=help)
     @click.argument("queue")
     @connected
-    def command(queue: str, endpoint: str, request_timeout: float) -> None:
-        with client(endpoint, request_timeout) as producer:
+    def command(queue: str, broker: Broker) -> None:
+        with broker.client() as producer:
             run(lambda: (producer.pause if paused else producer.resume)(queue))
         click.echo(f"{'paused' if paused else 'resumed'} {queue}")
 
@@ -255,11 +251,9 @@ resume = _pausing(False, "Dispatch jobs from QUEUE again.")
     help="Only jobs finished more than this many seconds ago.",
 )
 @connected
-def purge(
-    states: tuple[str, ...], older_than: float, endpoint: str, request_timeout: float
-) -> None:
+def purge(states: tuple[str, ...], older_than: float, broker: Broker) -> None:
     """Delete finished jobs."""
-    with client(endpoint, request_timeout) as producer:
+    with broker.client() as producer:
         click.echo(f"{run(lambda: producer.purge(states, older_than))} job(s) purged")
 
 

@@ -12,11 +12,13 @@ with a stable code, and the broker answers with ERROR.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import msgpack
 import zmq
+
+T = TypeVar("T")
 
 TAG = b"JOBSD1"
 
@@ -61,6 +63,8 @@ UNSUPPORTED_VERSION = "unsupported_version"
 NOT_FOUND = "not_found"
 STORAGE_ERROR = "storage_error"
 INTERNAL_ERROR = "internal_error"
+FORBIDDEN = "forbidden"
+TOO_LARGE = "too_large"
 
 
 class ProtocolError(ValueError):
@@ -141,22 +145,42 @@ def recv(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
     whether more frames follow (``RCVMORE``), which converts the option to an
     enum on every frame; a frame received without copying knows it itself.
     Raises ``zmq.Again`` as ``recv_multipart`` does."""
+    return _receive(sock, flags)[0]
+
+
+def recv_signed(sock: zmq.Socket[Any], flags: int = 0) -> tuple[list[bytes], str | None]:
+    """:func:`recv` on a socket with authentication (CURVE, checked by a ZAP
+    handler), and the User-Id the handler gave its sender."""
+    frames, last = _receive(sock, flags)
+    user = last.get("User-Id")
+    return frames, user if isinstance(user, str) and user else None
+
+
+def recv_unsigned(sock: zmq.Socket[Any], flags: int = 0) -> tuple[list[bytes], str | None]:
+    """:func:`recv_signed` for a socket without authentication: no User-Id."""
+    return _receive(sock, flags)[0], None
+
+
+def _receive(sock: zmq.Socket[Any], flags: int) -> tuple[list[bytes], zmq.Frame]:
     frame = sock.recv(flags, copy=False)
     frames = [frame.bytes]
     while frame.more:
         frame = sock.recv(flags, copy=False)
         frames.append(frame.bytes)
-    return frames
+    return frames, frame
 
 
-def recv_waiting(sock: zmq.Socket[Any], limit: int) -> Iterator[list[bytes]]:
-    """The messages already waiting on ``sock``, at most ``limit``, without
-    blocking. Whether another waits is asked of the socket (``EVENTS``), not
-    learnt from a failed receive: pyzmq raises ``zmq.Again`` for that, and
-    building the exception cost more than receiving a one-message burst."""
+def recv_waiting(
+    sock: zmq.Socket[Any], limit: int, receive: Callable[[zmq.Socket[Any], int], T]
+) -> Iterator[T]:
+    """The messages already waiting on ``sock``, at most ``limit``, each as
+    ``receive`` gives it, without blocking. Whether another waits is asked of
+    the socket (``EVENTS``), not learnt from a failed receive: pyzmq raises
+    ``zmq.Again`` for that, and building the exception cost more than
+    receiving a one-message burst."""
     for _ in range(limit):
         try:
-            yield recv(sock, _NOBLOCK)
+            yield receive(sock, _NOBLOCK)
         except zmq.Again:
             return
         if not int(sock.get(_EVENTS)) & _POLLIN:
