@@ -41,6 +41,9 @@ MAX_ERROR_LENGTH = 64 * 1024
 MAX_BATCH = 10_000
 #: The broker drops (and disconnects) any message frame larger than this.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest args or result of one job a broker takes by default (its
+#: ``--max-payload``): a queue carries references to data, not the data.
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 #: The longest a WAIT may be held, in seconds.
 MAX_WAIT = 24 * 3600.0
 #: The latest time a job may be scheduled at: the last second of year 9999,

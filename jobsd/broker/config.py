@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from jobsd.vocabulary import MAX_MESSAGE_BYTES
+from jobsd.vocabulary import DEFAULT_MAX_PAYLOAD, MAX_MESSAGE_BYTES
 
 DAY = 86400.0
 
@@ -22,6 +22,8 @@ class BrokerConfig:
     #: How often to look for work other brokers on the database made ready.
     poll_interval: float = 1.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    #: The largest args or result of one job, in bytes (msgpack-encoded).
+    max_payload: int = DEFAULT_MAX_PAYLOAD
     #: How long finished jobs (and their results) are kept, by state; None: forever.
     keep_done: float | None = 7 * DAY
     keep_dead: float | None = 30 * DAY
@@ -45,6 +47,10 @@ class BrokerConfig:
             raise ValueError("liveness must be at least 1 heartbeat")
         if not self.lease >= 0.1:
             raise ValueError("lease must be at least 0.1 s")
+        if not 1024 <= self.max_payload <= self.max_message_bytes - 64 * 1024:
+            raise ValueError(
+                "max payload must be at least 1024 bytes and leave 64 KiB of a message frame"
+            )
         if not self.poll_interval > 0 or not self.retention_interval > 0:
             raise ValueError("poll and retention intervals must be positive")
 

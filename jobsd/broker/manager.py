@@ -18,6 +18,7 @@ from typing import Any
 
 from jobsd.broker.config import BrokerConfig
 from jobsd.protocol.backoff import Backoff
+from jobsd.protocol.framing import TOO_LARGE, ProtocolError
 from jobsd.protocol.options import NO_OPTIONS, JobOptions
 from jobsd.protocol.producer import (
     GetRequest,
@@ -114,6 +115,7 @@ class JobManager:
         """Submissions with their type's defaults, then the broker's, filled in."""
         jobs = []
         for sub in subs:
+            self.check_args(sub.name, sub.args)
             kind = self.job_types.get(sub.name)
             options = sub.options.merged_over(kind) if sub.options and kind else sub.options or kind
             if options is None:  # most submits: every default
@@ -147,6 +149,15 @@ class JobManager:
                 )
             )
         return jobs
+
+    def check_args(self, name: str, args: bytes) -> None:
+        """``ProtocolError`` ``too_large`` for args over the payload limit."""
+        if len(args) > self.config.max_payload:
+            raise ProtocolError(
+                f"{name}: its args are {len(args)} bytes, over this broker's limit of "
+                f"{self.config.max_payload} (jobs carry references to large data, not the data)",
+                code=TOO_LARGE,
+            )
 
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
         return self.storage.add(jobs, now) if jobs else []
@@ -190,6 +201,13 @@ class JobManager:
         if outcome is None:
             return released()
         if isinstance(outcome, Ack):
+            if outcome.result is not None and len(outcome.result) > self.config.max_payload:
+                return ended(
+                    DEAD,
+                    f"its result is {len(outcome.result)} bytes, over this broker's limit of "
+                    f"{self.config.max_payload}: not stored, and not retried (it would be "
+                    "as large again)",
+                )
             if outcome.reschedule_at is None:
                 return done(outcome.result)
             return rescheduled(outcome.reschedule_at, now)
