@@ -209,6 +209,9 @@ def targets(records: list[Record], raw: dict[str, dict[str, float]]) -> list[Tar
         best_peer(records, "drain", backend="Redis"),
         1.5,
     )
+    ratio_target(
+        "drain with CURVE keys vs plain", "jobsd-memory-curve", get("jobsd-memory", "drain"), 0.85
+    )
     batch = get("jobsd-memory", "enqueue_batch")
     if batch and batch.jobs_per_s:
         out.append(

@@ -32,9 +32,9 @@ def all_systems() -> list[type[System]]:
     """Every system, jobsd first. Imported here so a missing peer package
     fails only that peer."""
     out: list[type[System]] = []
-    from benchmarks.systems.jobsd import JobsdMemory, JobsdPostgres, JobsdSQLite
+    from benchmarks.systems.jobsd import JobsdCurve, JobsdMemory, JobsdPostgres, JobsdSQLite
 
-    out += [JobsdMemory, JobsdSQLite, JobsdPostgres]
+    out += [JobsdMemory, JobsdCurve, JobsdSQLite, JobsdPostgres]
     for module, names in (
         ("rq", ("RQFork", "RQSimple")),
         (

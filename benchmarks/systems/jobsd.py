@@ -35,6 +35,14 @@ class Jobsd(System):
     def storage_url(self) -> str:
         raise NotImplementedError
 
+    def serve_args(self) -> tuple[str, ...]:
+        """What else ``jobsd serve`` is given (keys, for a secured broker)."""
+        return ()
+
+    def key_args(self, role: str) -> dict[str, str]:
+        """The client keys of a peer of ``role`` (none on a broker without keys)."""
+        return {}
+
     def prepare(self) -> None:
         self.broker = Proc(
             f"{self.key}-broker",
@@ -46,11 +54,12 @@ class Jobsd(System):
                 "tcp://127.0.0.1:*",
                 "--storage",
                 self.storage_url(),
+                *self.serve_args(),
             ),
             self.workdir,
         )
         self.endpoint = self.broker.wait_for(r"broker serving on (\S+)", START_TIMEOUT).group(1)
-        self.client = Client(self.endpoint, timeout=30.0)
+        self.client = Client(self.endpoint, timeout=30.0, **self.key_args("admins"))
 
     def start_workers(self) -> None:
         self.procs.append(
@@ -69,6 +78,7 @@ class Jobsd(System):
                     str(CONCURRENCY),
                     "--processes",
                     "2",
+                    *(f"--{k.replace('_', '-')}={v}" for k, v in self.key_args("workers").items()),
                 ),
                 self.workdir,
             )
@@ -122,6 +132,31 @@ class JobsdMemory(Jobsd):
 
     def storage_url(self) -> str:
         return "memory://"
+
+
+class JobsdCurve(JobsdMemory):
+    """jobsd-memory with every connection encrypted and authenticated (CURVE
+    keys, a role per key): what security costs, beside the same run plain."""
+
+    key = "jobsd-memory-curve"
+    backend = "memory, CURVE keys"
+
+    def serve_args(self) -> tuple[str, ...]:
+        from jobsd.keys import keygen
+
+        keys = self.workdir / "jobsd-bench-keys"
+        if not (keys / "broker.key_secret").exists():
+            keygen(keys, "broker")
+            keygen(keys / "admins", "bench")
+            keygen(keys / "workers", "bench")
+        return ("--keys", str(keys))
+
+    def key_args(self, role: str) -> dict[str, str]:
+        keys = self.workdir / "jobsd-bench-keys"
+        return {
+            "server_key": str(keys / "broker.key"),
+            "key": str(keys / role / "bench.key_secret"),
+        }
 
 
 class JobsdSQLite(Jobsd):
