@@ -218,9 +218,10 @@ class Client:
                 error = reply_body if isinstance(reply_body, dict) else {}
                 raise BrokerError(str(error.get("code", "bad_reply")), str(error.get("message")))
             return reply_body
+        hint = "" if self._keys is None else " (a broker refuses keys not in its key folders)"
         raise BrokerUnavailable(
             f"no reply from the broker at {self.endpoint} after {self.retries} tries "
-            f"of {self.timeout + wait:.1f} s"
+            f"of {self.timeout + wait:.1f} s{hint}"
         )
 
     @staticmethod
