@@ -3,10 +3,16 @@ changed, and the broker serving on."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from jobsd.errors import BrokerError
+from jobsd.protocol.framing import ERROR, HELLO
+from jobsd.protocol.worker import Hello
 from tests.conftest import Cluster
+from tests.peers import RawPeer
 
 PROBE = "apps.probe:jobs"
 
@@ -36,3 +42,36 @@ def test_a_result_over_the_payload_limit_ends_the_job_dead_and_clear(cluster: Cl
 def test_a_payload_limit_that_cannot_work_is_refused_at_start(cluster: Cluster) -> None:
     with pytest.raises(AssertionError, match="max payload must be"):
         cluster.broker("memory://", "--max-payload", "10")
+
+
+def test_worker_connections_past_the_cap_are_refused(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker("memory://", "--max-workers", "1")
+    first, second = RawPeer(endpoint), RawPeer(endpoint)
+    try:
+        first.hello("w1")
+        second.send(HELLO, Hello("w2", ["default"], 1).to_wire())
+        refused = second.recv(ERROR)
+        assert refused["code"] == "limit_reached" and "--max-workers" in refused["message"]
+        first.hello("w1")  # a HELLO again on a registered connection is no new one
+    finally:
+        first.close()
+        second.close()
+    assert [w["id"] for w in cluster.client(endpoint).stats()["workers"]] == ["w1"]
+
+
+def test_producers_waiting_past_the_cap_are_refused(cluster: Cluster) -> None:
+    _, endpoint = cluster.broker("memory://", "--max-waiters", "1")
+    client = cluster.client(endpoint)
+    job_id = client.submit("noop")  # no worker: it stays ready
+    waiting = threading.Thread(target=lambda: client.wait(job_id, timeout=3), daemon=True)
+    waiting.start()
+    other = cluster.client(endpoint)
+    deadline = time.monotonic() + 10
+    while other.stats()["waiters"] < 1:  # the first WAIT is held (STATS says so)
+        assert time.monotonic() < deadline, "the first WAIT was never held"
+    with pytest.raises(BrokerError) as refused:
+        other.wait(job_id, timeout=3)
+    assert refused.value.code == "limit_reached"
+    assert other.ping()
+    waiting.join(10)
+    assert not waiting.is_alive()

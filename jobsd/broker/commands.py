@@ -142,6 +142,12 @@ class Commands:
         self.broker.cron.check(hello.schedules)  # may refuse the HELLO: before anything
         for schedule in hello.schedules:  # a fire must never be refused later
             self.manager.check_args(schedule.name, schedule.args)
+        limit = self.broker.config.max_workers
+        if len(self.sessions) >= limit and self.sessions.get(peer, user) is None:
+            raise ProtocolError(
+                f"{limit} worker connections are registered already (--max-workers)",
+                code=wire.LIMIT_REACHED,
+            )
         session, replaced = self.sessions.register(peer, user, hello, now)
         self.broker.cron.add(hello.schedules, now, by=peer)
         self._adopt(session, hello.running, now)
@@ -243,6 +249,12 @@ class Commands:
         if view["state"] in FINAL_STATES or request.timeout <= 0:
             self.broker.send(peer, wire.OK, {"job": view})
         else:
+            limit = self.broker.config.max_waiters
+            if len(self.broker.waiters) >= limit:
+                raise ProtocolError(
+                    f"{limit} producers wait already (--max-waiters): ask again later",
+                    code=wire.LIMIT_REACHED,
+                )
             self.broker.waiters.add(request.id, peer, now + request.timeout)
 
     def list_jobs(self, body: Any, now: float) -> Any:
@@ -267,6 +279,7 @@ class Commands:
             "queues": self.manager.stats(),
             "workers": workers,
             "stale_reports": self.manager.stale_reports,
+            "waiters": len(self.broker.waiters),
             "refused_keys": 0 if self.broker.keys is None else self.broker.keys.refused,
             "pid": os.getpid(),
             "storage": self.manager.storage.url,

@@ -24,6 +24,10 @@ class BrokerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     #: The largest args or result of one job, in bytes (msgpack-encoded).
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    #: Worker connections and producers blocked in WAIT held at once, at most:
+    #: past them a HELLO or a WAIT is refused, not a broker grown without end.
+    max_workers: int = 10_000
+    max_waiters: int = 10_000
     #: How long finished jobs (and their results) are kept, by state; None: forever.
     keep_done: float | None = 7 * DAY
     keep_dead: float | None = 30 * DAY
@@ -51,6 +55,8 @@ class BrokerConfig:
             raise ValueError(
                 "max payload must be at least 1024 bytes and leave 64 KiB of a message frame"
             )
+        if self.max_workers < 1 or self.max_waiters < 1:
+            raise ValueError("max workers and max waiters must be at least 1")
         if not self.poll_interval > 0 or not self.retention_interval > 0:
             raise ValueError("poll and retention intervals must be positive")
 

@@ -4,6 +4,7 @@ provides it; commands and timers depend on this, never on the loop."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -29,6 +30,8 @@ class BrokerCore(Protocol):
     maybe_ready: set[str]
     #: When the earliest scheduled job is due (None: none is).
     next_due: float | None
+    #: Messages refused since the last summary in the log, by error code.
+    refused: Counter[str]
 
     def send(self, peer: bytes, command: bytes, body: Any) -> bool:
         """Send without blocking; False when the peer is gone."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,6 +76,8 @@ class Broker:
         self.timers = Timers()
         #: Queues that may have ready jobs: the next dispatch looks at them.
         self.maybe_ready: set[str] = set()
+        #: Messages refused since the last summary in the log, by error code.
+        self.refused: Counter[str] = Counter()
         #: When the earliest scheduled job is due (None: none is).
         self.next_due: float | None = None
         self._context = context or zmq.Context.instance()
@@ -163,7 +166,9 @@ class Broker:
             command, body = decode(frames[1:])
             self.commands.receive(peer, user, command, body, turn)
         except ProtocolError as exc:
-            log.warning("bad message from peer %s: %s", peer.hex(), exc)
+            if not self.refused[exc.code]:  # the first of its kind this interval, in full
+                log.warning("refused a message from peer %s: %s", peer.hex(), exc)
+            self.refused[exc.code] += 1
             self.send(peer, ERROR, error_body(exc.code, str(exc)))
         except StorageError as exc:
             log.error("storage failed handling a message from peer %s: %s", peer.hex(), exc)

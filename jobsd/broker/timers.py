@@ -148,8 +148,10 @@ class Poll:
 
 
 class Refusals:
-    """Say once an interval how many handshakes the keys refused: an
-    attacker's reconnect loop must not write a log line per attempt."""
+    """Say once an interval how many handshakes the keys refused, and how
+    many messages were refused past the first of each kind (which the loop
+    logs in full): a flood of bad or forbidden messages, or an attacker's
+    reconnect loop, must not write a log line each."""
 
     name = "refusals"
 
@@ -168,3 +170,13 @@ class Refusals:
                 REFUSALS_INTERVAL,
             )
             self._logged = keys.refused
+        refused = self.broker.refused
+        more = {code: n - 1 for code, n in sorted(refused.items()) if n > 1}
+        if more:
+            log.warning(
+                "refused %d more message(s) in the last %.0f s: %s",
+                sum(more.values()),
+                REFUSALS_INTERVAL,
+                ", ".join(f"{code} {n}" for code, n in more.items()),
+            )
+        refused.clear()

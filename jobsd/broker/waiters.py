@@ -30,9 +30,16 @@ class Waiters:
         self._send = send
         self._by_job: dict[str, set[bytes]] = defaultdict(set)
         self._deadlines: list[tuple[float, bytes, str]] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
 
     def add(self, job_id: str, peer: bytes, deadline: float) -> None:
-        self._by_job[job_id].add(peer)
+        peers = self._by_job[job_id]
+        if peer not in peers:
+            peers.add(peer)
+            self._count += 1
         heapq.heappush(self._deadlines, (deadline, peer, job_id))
 
     def finished(self, job_ids: Sequence[str], only_final: bool = False) -> None:
@@ -49,7 +56,9 @@ class Waiters:
             return
         for view in views:
             if view is not None and (not only_final or view["state"] in FINAL_STATES):
-                for peer in self._by_job.pop(view["id"], set()):
+                peers = self._by_job.pop(view["id"], set())
+                self._count -= len(peers)
+                for peer in peers:
                     self._send(peer, OK, {"job": view})
 
     def waited(self) -> list[str]:
@@ -62,6 +71,7 @@ class Waiters:
             peers = self._by_job.get(job_id)
             if peers and peer in peers:
                 peers.discard(peer)
+                self._count -= 1
                 if not peers:
                     del self._by_job[job_id]
                 (view,) = self._views([job_id])

@@ -85,6 +85,20 @@ def _keep_option(state: str, default: float | None) -> Callable[[F], F]:
     help="The largest args or result of one job, in bytes.",
 )
 @click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    default=_BROKER.max_workers,
+    show_default=True,
+    help="Worker connections registered at once, at most.",
+)
+@click.option(
+    "--max-waiters",
+    type=click.IntRange(min=1),
+    default=_BROKER.max_waiters,
+    show_default=True,
+    help="Producers blocked in WAIT (Client.result) at once, at most.",
+)
+@click.option(
     "--keys",
     "keys_dir",
     envvar="JOBSD_KEYS",
@@ -110,6 +124,8 @@ def serve(
     retention_interval: float,
     name: str,
     max_payload: int,
+    max_workers: int,
+    max_waiters: int,
     keys_dir: str | None,
     insecure: bool,
 ) -> None:
@@ -142,6 +158,8 @@ def serve(
         retention_interval=retention_interval,
         name=name,
         max_payload=max_payload,
+        max_workers=max_workers,
+        max_waiters=max_waiters,
     )
     try:
         config.validate()

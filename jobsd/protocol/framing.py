@@ -65,6 +65,7 @@ STORAGE_ERROR = "storage_error"
 INTERNAL_ERROR = "internal_error"
 FORBIDDEN = "forbidden"
 TOO_LARGE = "too_large"
+LIMIT_REACHED = "limit_reached"
 
 
 class ProtocolError(ValueError):
