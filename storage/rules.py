@@ -14,15 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobsd.vocabulary import (
-    ACTIVE_STATES,
-    CANCELLED,
-    DEAD,
-    DONE,
-    FINAL_STATES,
-    READY,
-    SCHEDULED,
-)
+from jobsd.vocabulary import ACTIVE_STATES, CANCELLED, DEAD, DONE, FINAL_STATES, READY, SCHEDULED
 
 #: What a transition does to the job's attempt count.
 KEEP = "keep"

@@ -19,30 +19,12 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.engine import Connection
 
 from jobsd.storage.base import SchemaError, Storage, StorageError
-from jobsd.storage.records import (
-    AddResult,
-    Grant,
-    JobRecord,
-    Lease,
-    NewJob,
-)
+from jobsd.storage.records import AddResult, Grant, JobRecord, Lease, NewJob
 from jobsd.storage.rules import Transition, waiting
 from jobsd.storage.sql.engine import DEFAULT_CONNECT_TIMEOUT, Database
 from jobsd.storage.sql.operators import SQLOperators, changes
-from jobsd.storage.sql.schema import (
-    check_version,
-    job_errors,
-    jobs,
-    migrate,
-    schema_version,
-)
-from jobsd.storage.sql.statements import (
-    PAUSED,
-    RECORD_COLUMNS,
-    Statements,
-    chunks,
-    to_record,
-)
+from jobsd.storage.sql.schema import check_version, job_errors, jobs, migrate, schema_version
+from jobsd.storage.sql.statements import PAUSED, RECORD_COLUMNS, Statements, chunks, to_record
 from jobsd.vocabulary import DONE, READY, RUNNING, SCHEDULED
 
 
