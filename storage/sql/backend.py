@@ -191,7 +191,7 @@ class SQLStorage(SQLOperators, Storage):
         extra heads locked stay locked only until commit."""
         heads: list[Row[Any]] = []
         for queue in queues:
-            heads.extend(conn.execute(self._sql.queue_head(queue, limit)))
+            heads.extend(conn.execute(self._sql.queue_head, {"queue": queue, "limit": limit}))
         heads.sort(key=lambda row: (row.priority, row.run_at, row.seq))
         rows: list[Row[Any]] = []
         for chunk in chunks([row.seq for row in heads[:limit]]):
@@ -202,14 +202,8 @@ class SQLStorage(SQLOperators, Storage):
 
     def _held(self, conn: Connection, leases: Iterable[Lease]) -> dict[str, tuple[Any, ...]]:
         """The running jobs among those named, by id: (lease, worker, attempts), locked."""
-        rows = self._sql.lock(
-            conn,
-            (lease.job_id for lease in leases),
-            jobs.c.state,
-            jobs.c.lease,
-            jobs.c.worker,
-            jobs.c.attempts,
-        )
+        ids = (lease.job_id for lease in leases)
+        rows = self._sql.lock(conn, ids, "state", "lease", "worker", "attempts")
         return {row[0]: tuple(row[2:]) for row in rows if row[1] == RUNNING}
 
     @staticmethod

@@ -32,12 +32,8 @@ class SQLOperators:
             return []
 
         def work(conn: Connection) -> list[bool]:
-            found = {
-                job_id: (state, key)
-                for job_id, state, key in self._sql.lock(
-                    conn, job_ids, jobs.c.state, jobs.c.unique_key
-                )
-            }
+            rows = self._sql.lock(conn, job_ids, "state", "unique_key")
+            found = {job_id: (state, key) for job_id, state, key in rows}
             takes_back = [
                 key
                 for state, key in found.values()
@@ -73,7 +69,7 @@ class SQLOperators:
             return 0
 
         def work(conn: Connection) -> int:
-            rows = self._sql.lock(conn, job_ids, jobs.c.state)
+            rows = self._sql.lock(conn, job_ids, "state")
             final = [job_id for job_id, state in rows if state in DELETABLE]
             for chunk in chunks(final):
                 # The error history goes with its job (ON DELETE CASCADE).
