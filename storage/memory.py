@@ -141,9 +141,9 @@ class MemoryStorage(Storage):
 
     def _holding(self, lease: Lease) -> JobRecord | None:
         job = self._running.get(lease.job_id)
-        if job is None or job.lease != lease.token or lease.worker not in (None, job.worker):
+        if job is None or job.lease != lease.token:
             return None
-        return job
+        return job if lease.worker is None or job.worker == lease.worker else None
 
     def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         results = []

@@ -70,9 +70,7 @@ class SQLStorage(SQLOperators, Storage):
         (``from_version`` is 0 for a database without a jobsd schema)."""
         try:
             return migrate(self._db.engine, self.url)
-        except SchemaError:
-            raise
-        except self._db.errors as exc:
+        except self._db.errors as exc:  # a SchemaError passes as it is
             raise self._db.failure(exc, "cannot migrate storage") from exc
 
     def schema_version(self) -> int:
@@ -113,7 +111,7 @@ class SQLStorage(SQLOperators, Storage):
                     continue
                 holders[new.unique_key] = new.id
             known.add(new.id)
-            rows.append(
+            rows.append(  # the columns not named (lease, worker, result...) start NULL
                 {
                     "id": new.id,
                     "name": new.name,
@@ -130,12 +128,6 @@ class SQLStorage(SQLOperators, Storage):
                     "active_key": new.unique_key,
                     "created_at": now,
                     "updated_at": now,
-                    "lease_until": None,
-                    "worker": None,
-                    "result": None,
-                    "error": None,
-                    "lease": None,
-                    "broker": None,
                 }
             )
             results.append(AddResult(new.id, True))
@@ -209,11 +201,9 @@ class SQLStorage(SQLOperators, Storage):
     @staticmethod
     def _current(held: dict[str, tuple[Any, ...]], lease: Lease) -> bool:
         found = held.get(lease.job_id)
-        return (
-            found is not None
-            and found[0] == lease.token
-            and (lease.worker is None or found[1] == lease.worker)
-        )
+        if found is None or found[0] != lease.token:
+            return False
+        return lease.worker is None or found[1] == lease.worker
 
     def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         if not ends:
