@@ -1,24 +1,13 @@
 """The SQL schema of jobsd's storage, and how a database gets to its current version.
 
 Every table is named ``jobsd_*`` so jobsd can share a database with an
-application. ``jobsd_meta`` holds ``schema_version``; :func:`migrate` brings a
-database from whatever version it has up to :data:`SCHEMA_VERSION`, one step at
-a time, and refuses (with :class:`SchemaError`) a database written by a newer
-jobsd.
-
-Adding version N + 1:
-
-1. change the tables below to what it looks like (a fresh database is created
-   straight at the newest version by ``create_all``);
-2. write ``def _vN_to_vN1(conn): ...`` that alters a version-N database into
-   the same shape (ALTER TABLE, CREATE INDEX, back-filling data);
-3. register it in ``STEPS`` and raise ``SCHEMA_VERSION``.
-
-Each step runs in its own transaction together with the version bump (MySQL and
-MariaDB commit DDL implicitly, so a step there must be safe to run again).
-
-Versions: 1, the first; 2 adds a running job's lease token (``lease``) and the
-broker it was handed out through (``broker``).
+application; ``jobsd_meta`` holds ``schema_version``. Adding version N + 1:
+change the tables below (``create_all`` makes a fresh database at the newest
+version straight away), write ``_vN_to_vN1(conn)`` that alters a version-N
+database into the same shape, register it in ``STEPS`` and raise
+``SCHEMA_VERSION``. Each step runs in one transaction with its version bump
+(MySQL and MariaDB commit DDL implicitly, so a step there must be safe to run
+again). Version 2 added a running job's lease token and its broker.
 """
 
 from __future__ import annotations
@@ -52,10 +41,8 @@ _SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: Text of any size (tracebacks can be long; MySQL's TEXT stops at 64 KiB).
 _LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-
-
-def _key() -> sa.String:
-    return sa.String(MAX_KEY_LENGTH)
+#: Ids, names, queues, keys: every one stored whole (see ``Storage``).
+_Key = sa.String(MAX_KEY_LENGTH)
 
 
 metadata = sa.MetaData()
@@ -65,9 +52,9 @@ jobs = sa.Table(
     metadata,
     # Submission order, and the clustered key on InnoDB: inserts append.
     sa.Column("seq", _SeqType, primary_key=True, autoincrement=True),
-    sa.Column("id", _key(), nullable=False),
-    sa.Column("name", _key(), nullable=False),
-    sa.Column("queue", _key(), nullable=False),
+    sa.Column("id", _Key, nullable=False),
+    sa.Column("name", _Key, nullable=False),
+    sa.Column("queue", _Key, nullable=False),
     sa.Column("args", _Blob, nullable=False),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -76,22 +63,22 @@ jobs = sa.Table(
     sa.Column("max_attempts", sa.Integer, nullable=True),
     sa.Column("backoff", sa.Text, nullable=True),  # JSON
     sa.Column("timeout", sa.Double, nullable=True),
-    sa.Column("unique_key", _key(), nullable=True),
+    sa.Column("unique_key", _Key, nullable=True),
     # unique_key while the job is scheduled, ready or running, else NULL: a
     # plain UNIQUE index then enforces "one active job per key" everywhere
     # (MariaDB has no partial indexes; NULLs never collide).
-    sa.Column("active_key", _key(), nullable=True),
+    sa.Column("active_key", _Key, nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("lease_until", sa.Double, nullable=True),
-    sa.Column("worker", _key(), nullable=True),
+    sa.Column("worker", _Key, nullable=True),
     sa.Column("result", _Blob, nullable=True),
     sa.Column("error", _LongText, nullable=True),
     # The running job's lease token: a report counts only if it names it.
     sa.Column("lease", sa.String(64), nullable=True),
     # The broker that handed the lease out (a broker that restarts takes
     # back its own leases that no worker came back for).
-    sa.Column("broker", _key(), nullable=True),
+    sa.Column("broker", _Key, nullable=True),
     sa.Index("ux_jobsd_jobs_id", "id", unique=True),
     sa.Index("ux_jobsd_jobs_active_key", "active_key", unique=True),
     # claim: one queue's ready jobs in dispatch order, read straight off the index
@@ -112,7 +99,7 @@ job_errors = sa.Table(
     sa.Column("seq", _SeqType, primary_key=True, autoincrement=True),
     sa.Column(
         "job_id",
-        _key(),
+        _Key,
         sa.ForeignKey("jobsd_jobs.id", ondelete="CASCADE", name="fk_jobsd_job_errors_job"),
         nullable=False,
     ),
@@ -126,7 +113,7 @@ job_errors = sa.Table(
 paused_queues = sa.Table(
     "jobsd_paused_queues",
     metadata,
-    sa.Column("queue", _key(), primary_key=True),
+    sa.Column("queue", _Key, primary_key=True),
     **_MYSQL_TABLE,
 )
 
@@ -213,7 +200,7 @@ def _lock_step(conn: sa.Connection) -> None:
 
 
 def migrate(engine: sa.Engine, where: str | None = None) -> tuple[int, int]:
-    """Create the schema, or upgrade it step by step to :data:`SCHEMA_VERSION`.
+    """Create the schema, or upgrade it one step at a time to :data:`SCHEMA_VERSION`.
 
     Returns ``(from_version, to_version)``; they are equal when there was
     nothing to do, and ``from_version`` is 0 for a database without a jobsd
@@ -221,26 +208,21 @@ def migrate(engine: sa.Engine, where: str | None = None) -> tuple[int, int]:
     Safe to run from several processes at once.
     """
     where = where or engine.url.render_as_string(hide_password=True)
+    start: int | None = None
     with _migration_lock(engine):
-        with engine.begin() as conn:
-            _lock_step(conn)
-            start = schema_version(conn)
-            check_version(start, where)
-            if start == 0:
-                # A fresh database goes straight to the newest version.
-                metadata.create_all(conn, checkfirst=True)
-                _set_version(conn, SCHEMA_VERSION)
-                return 0, SCHEMA_VERSION
-        version = start
-        while version < SCHEMA_VERSION:
-            step = STEPS.get(version)
-            if step is None:
-                raise SchemaError(f"no migration from schema version {version} at {where}")
+        while True:
             with engine.begin() as conn:
                 _lock_step(conn)
-                current = schema_version(conn)
-                if current == version:  # not done meanwhile by another process
-                    step(conn)
-                    _set_version(conn, version + 1)
-                version = max(current, version + 1)
-    return start, SCHEMA_VERSION
+                version = schema_version(conn)  # read again: another process may be ahead
+                check_version(version, where)
+                start = version if start is None else start
+                if version == SCHEMA_VERSION:
+                    return start, version
+                if version == 0:  # a fresh database goes straight to the newest version
+                    metadata.create_all(conn, checkfirst=True)
+                    _set_version(conn, SCHEMA_VERSION)
+                    return 0, SCHEMA_VERSION
+                if version not in STEPS:
+                    raise SchemaError(f"no migration from schema version {version} at {where}")
+                STEPS[version](conn)
+                _set_version(conn, version + 1)
