@@ -237,10 +237,11 @@ class SQLStorage(SQLOperators, Storage):
             groups[(to.keeps_key, to.attempts, to.clear_error, *row)].append(row)
         if history:
             conn.execute(job_errors.insert(), history)
-        for (keeps_key, attempts, clear_error, *_), rows in groups.items():
+        for shape, rows in groups.items():
+            keeps_key, attempts, clear_error, *_ = shape
             same = changes(keeps_key, attempts, clear_error, now)
             self._sql.update_leased(
-                conn, rows, lease=None, lease_until=None, worker=None, broker=None, **same
+                conn, shape, rows, lease=None, lease_until=None, worker=None, broker=None, **same
             )
         return results
 

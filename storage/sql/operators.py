@@ -34,12 +34,9 @@ class SQLOperators:
         def work(conn: Connection) -> list[bool]:
             rows = self._sql.lock(conn, job_ids, "state", "unique_key")
             found = {job_id: (state, key) for job_id, state, key in rows}
-            takes_back = [
-                key
-                for state, key in found.values()
-                if to.keeps_key and state in accepts and state not in ACTIVE_STATES
-            ]
-            held = set(self._sql.key_holders(conn, takes_back))
+            # Active again, a job takes its key back, unless another holds it.
+            keys = [key for _, key in found.values()] if to.keeps_key else []
+            held = set(self._sql.key_holders(conn, keys))
             results = []
             for job_id in job_ids:
                 state, key = found.get(job_id, ("", None))

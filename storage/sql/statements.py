@@ -58,7 +58,7 @@ class Statements:
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
         self.locks_rows = dialect in ("postgresql", "mysql", "mariadb")
-        self._cache: dict[tuple[str, ...], Any] = {}
+        self._cache: dict[tuple[Any, ...], Any] = {}
         #: The ready jobs at the head of one queue, locked: every dispatch's.
         self.claim_head = self._head(*RECORD_COLUMNS)
         #: Their keys alone: a claim over several queues merges the heads.
@@ -135,12 +135,15 @@ class Statements:
             holders.update((key, job_id) for key, job_id in conn.execute(stmt))
         return holders
 
-    def update_leased(self, conn: Connection, rows: list[dict[str, Any]], **same: Any) -> None:
+    def update_leased(
+        self, conn: Connection, shape: tuple[Any, ...], rows: list[dict[str, Any]], **same: Any
+    ) -> None:
         """Update running jobs, each named by ``id`` and its ``lease`` in
         ``rows`` with its own values for the rows' other keys, and ``same``
-        for all (values or column expressions). The WHERE clause fences on
-        id, lease and state (the caller has checked them on locked rows
-        already, to report per item).
+        for all (values or column expressions). ``shape`` is the caller's key
+        for what decides the statement: the rows' keys, which of ``same`` are
+        expressions. The WHERE clause fences on id, lease and state (the
+        caller has checked them on locked rows already, to report per item).
 
         One executemany where the driver makes that cheap (sqlite3's loop in C,
         psycopg's pipeline). PyMySQL sends an UPDATE per row, so there one
@@ -150,15 +153,10 @@ class Statements:
             return
         varying = [key for key in rows[0] if key not in ("id", "lease")]
         if self.dialect not in ("mysql", "mariadb"):
-            shape = (
-                "leased",
-                *(f"{name}={'' if _is_value(v) else v}" for name, v in sorted(same.items())),
-                "|",
-                *varying,
-            )
-            stmt = self._cache.get(shape)
+            cache_key = ("leased", *shape)
+            stmt = self._cache.get(cache_key)
             if stmt is None:
-                stmt = self._cache[shape] = (
+                stmt = self._cache[cache_key] = (
                     update(jobs)
                     .where(
                         jobs.c.id == bindparam("b_id"),
