@@ -31,20 +31,15 @@ from jobsd.vocabulary import DONE, READY, RUNNING, SCHEDULED
 class SQLStorage(SQLOperators, Storage):
     """The contract on a SQL database (``engine.py`` lists the URLs).
 
-    ``create=True`` (the default) creates the schema on first open and upgrades
-    an older one; ``create=False`` only checks it is not newer than this code,
-    so a caller can :meth:`migrate` explicitly (``jobsd migrate URL``). Raises
-    ``ValueError`` for a URL no backend understands, :class:`StorageError`
-    when the database cannot be reached or written, :class:`SchemaError` when
-    its schema is newer.
-    """
+    ``create=True`` creates the schema on first open and upgrades an older one;
+    ``create=False`` only checks it is not newer than this code, so a caller
+    can :meth:`migrate` explicitly (``jobsd migrate URL``). Raises
+    ``ValueError`` for a URL no backend understands, :class:`StorageError` when
+    the database cannot be reached or written, :class:`SchemaError` when its
+    schema is newer."""
 
     def __init__(
-        self,
-        url: str,
-        *,
-        create: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        self, url: str, *, create: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     ) -> None:
         self._db = Database(url, connect_timeout)
         self.url = self._db.url
@@ -57,17 +52,16 @@ class SQLStorage(SQLOperators, Storage):
                 with self._db.reader.begin() as conn:
                     check_version(schema_version(conn), self.url)
         except SchemaError:
-            self._db.dispose()
+            self._db.engine.dispose()
             raise
         except self._db.errors as exc:
-            self._db.dispose()
+            self._db.engine.dispose()
             raise self._db.failure(exc, "cannot open storage") from exc
 
     # -- schema ----------------------------------------------------------------
 
     def migrate(self) -> tuple[int, int]:
-        """Create or upgrade the schema; return ``(from_version, to_version)``
-        (``from_version`` is 0 for a database without a jobsd schema)."""
+        """Create or upgrade the schema: ``schema.migrate``."""
         try:
             return migrate(self._db.engine, self.url)
         except self._db.errors as exc:  # a SchemaError passes as it is
@@ -78,7 +72,7 @@ class SQLStorage(SQLOperators, Storage):
         return self._db.read(schema_version)
 
     def close(self) -> None:
-        self._db.dispose()
+        self._db.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.url!r})"

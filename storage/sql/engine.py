@@ -141,9 +141,6 @@ class Database:
         args: tuple[Any, ...] = getattr(orig, "args", ())
         return self.dialect in ("mysql", "mariadb") and bool(args) and args[0] == 1213
 
-    def dispose(self) -> None:
-        self.engine.dispose()
-
 
 def _mask(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
