@@ -45,7 +45,6 @@ class MemoryStorage(Storage):
     # -- moves between states ------------------------------------------------
 
     def _place(self, job: JobRecord, state: str, run_at: float, now: float) -> None:
-        """Into ready or scheduled, on the heap that stands for that state."""
         job.state = state
         job.run_at = run_at
         job.updated_at = now

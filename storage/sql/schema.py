@@ -155,7 +155,6 @@ def schema_version(conn: sa.Connection) -> int:
 
 
 def check_version(version: int, where: str) -> None:
-    """Refuse a schema newer than this code."""
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"the jobsd schema at {where} is version {version}, but this jobsd only "

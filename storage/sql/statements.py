@@ -53,8 +53,6 @@ def to_record(row: Sequence[Any]) -> JobRecord:
 
 
 class Statements:
-    """The statements of one database dialect."""
-
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
         self.locks_rows = dialect in ("postgresql", "mysql", "mariadb")
