@@ -137,18 +137,17 @@ class Statements:
         self, conn: Connection, shape: tuple[Any, ...], rows: list[dict[str, Any]], **same: Any
     ) -> None:
         """Update running jobs, each named by ``id`` and its ``lease`` in
-        ``rows`` with its own values for the rows' other keys, and ``same``
-        for all (values or column expressions). ``shape`` is the caller's key
-        for what decides the statement: the rows' keys, which of ``same`` are
-        expressions. The WHERE clause fences on id, lease and state (the
-        caller has checked them on locked rows already, to report per item).
+        ``rows`` (one or more) with its own values for the rows' other keys,
+        and ``same`` for all (values or column expressions). ``shape`` is the
+        caller's key for what decides the statement: the rows' keys, which of
+        ``same`` are expressions. The WHERE clause fences on id, lease and
+        state (the caller has checked them on locked rows already, to report
+        per item).
 
         One executemany where the driver makes that cheap (sqlite3's loop in C,
         psycopg's pipeline). PyMySQL sends an UPDATE per row, so there one
         UPDATE carries the batch, choosing each row's values with CASE.
         """
-        if not rows:
-            return
         varying = [key for key in rows[0] if key not in ("id", "lease")]
         if self.dialect not in ("mysql", "mariadb"):
             cache_key = ("leased", *shape)
