@@ -1,16 +1,15 @@
 """The Storage contract: what the broker may ask of a backend, and what it may rely on.
 
-The broker's job manager is the only caller. It runs in one thread, so a
-backend is never used concurrently from one broker; several brokers may share
-one SQL database, so SQL backends must be safe across processes.
-
-What a backend keeps (``jobsd.storage.contract`` checks every rule):
+The broker's job manager is the only caller, from one thread: one broker never
+uses a backend concurrently. Several brokers may share one SQL database, so SQL
+backends must be safe across processes. ``jobsd.storage.contract`` checks every
+rule:
 
 * **Batch-first, atomic per call.** Each method takes a batch and either
   applies all of it or raises and applies none. The broker calls each method
   once per loop turn with everything that arrived in that turn (group commit).
 * **Durable on return.** When ``add`` returns, the jobs survive a crash of the
-  broker (for SQL backends: the transaction has committed).
+  broker (SQL: the transaction has committed).
 * **Several calls, one commit.** Inside ``with storage.transaction():`` the
   calls share one transaction and are durable when the block ends; if anything
   inside raises, none of them applies (memory storage applies each call at
@@ -18,13 +17,12 @@ What a backend keeps (``jobsd.storage.contract`` checks every rule):
 * **Time is a parameter.** Every method that looks at the clock takes ``now``
   (seconds since the epoch, float), so tests control time.
 * **Fencing by lease.** A claim gives each job the ``Grant``'s token. ``finish``
-  and ``extend_leases`` act on a job only while it is running under that
-  token (and, for a ``Lease`` that names a worker, was claimed for that
-  worker); otherwise they change nothing and report ``False`` for that item.
-* **The state rules are not the backend's.** Where a job goes is the
-  ``Transition`` given (``jobsd.storage.rules``); a backend applies it as
-  given, frees a job's unique key when it leaves the active states and takes
-  it back when it enters them again.
+  and ``extend_leases`` act on a job only while it runs under that token (and,
+  for a ``Lease`` that names a worker, was claimed for that worker); otherwise
+  they change nothing and report ``False`` for that item.
+* **The state rules are not the backend's.** A backend applies the
+  ``Transition`` given (``jobsd.storage.rules``) as given, frees a job's unique
+  key when it leaves the active states and takes it back when it enters them.
 * **Order.** Among ready jobs of the claimed queues: lower ``priority`` first,
   then earlier ``run_at``, then submission order (``seq``).
 * **Unique keys.** While a job holding a ``unique_key`` is scheduled, ready or
@@ -32,19 +30,16 @@ What a backend keeps (``jobsd.storage.contract`` checks every rule):
   existing job's id.
 * **Lengths.** Ids, names, queues, unique keys, worker and broker names are at
   most ``MAX_KEY_LENGTH`` characters and lease tokens at most 64: callers keep
-  to that (the protocol refuses longer), and a backend stores every such key
-  whole and compares it exactly.
-* **Unknown outcome on error.** When a call raises ``StorageError`` while
-  committing, it may or may not have been applied. ``add`` is idempotent, so a
+  to that (the protocol refuses longer); a backend stores each whole and
+  compares it exactly.
+* **Unknown outcome on error.** A call that raises ``StorageError`` while
+  committing may or may not have been applied. ``add`` is idempotent, so a
   resend is safe; attempts counted by a ``claim`` whose jobs were never
   delivered come back when their leases expire.
 * **Several brokers** (backends with ``shared``). ``claim`` may return fewer
-  jobs than are ready (others are locked by another broker's claim) and
-  nothing tells one broker of jobs another added: brokers that share a
-  database also claim on a timer.
-* **Edges.** ``expired`` and ``purge`` compare strictly (``<``). A lease named
-  twice in one ``finish`` batch succeeds once. ``get`` returns jobs in the
-  order asked.
+  jobs than are ready (another broker's claim has locked some) and no broker
+  hears of jobs another added: brokers that share a database also claim on a
+  timer.
 """
 
 from __future__ import annotations
@@ -67,10 +62,8 @@ from jobsd.storage.rules import Transition
 
 class StorageError(Exception):
     """The backend could not do what was asked (connection lost, disk full...).
-
     The broker treats it as transient for the loop turn: nothing of the batch
-    was applied, and nothing is acknowledged to clients.
-    """
+    was applied, and nothing is acknowledged to clients."""
 
 
 class SchemaError(StorageError):
@@ -78,13 +71,11 @@ class SchemaError(StorageError):
 
 
 class Storage(abc.ABC):
-    """The contract. Docstrings here are the specification; the suite in
-    ``jobsd.storage.contract`` holds every backend to it."""
+    """The contract: its docstrings are the specification."""
 
     #: The URL the backend was opened with, secrets masked (for logs).
     url: str
-    #: A failed ``transaction()`` applies none of its calls (memory storage
-    #: has nothing to undo: none of its calls fails midway).
+    #: A failed ``transaction()`` applies none of its calls.
     transactional: bool = True
     #: Several brokers (and processes) may use the same storage at once.
     shared: bool = True
@@ -93,12 +84,12 @@ class Storage(abc.ABC):
     concurrent: bool = True
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
-        """Group the calls made inside into one transaction: the broker applies
-        a turn's submits and reports and claims the jobs they free room for
-        with one commit (one fsync on SQLite) instead of one per call. Raises
-        ``StorageError`` at the end when the commit fails. Nested blocks join
-        the outer one. This default, for storage whose every call is applied
-        at once, is a no-op (and cheaper than a generator: one per turn)."""
+        """Group the calls made inside into one transaction: a broker turn's
+        submits, reports and the claims they free room for take one commit (one
+        fsync on SQLite), not one each. Raises ``StorageError`` at the end when
+        the commit fails; nested blocks join the outer one. This default, for
+        storage that applies every call at once, is a no-op (a nullcontext:
+        cheaper than a generator, and made once per turn)."""
         return contextlib.nullcontext()
 
     # -- producers -----------------------------------------------------------
@@ -106,28 +97,24 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def add(self, jobs: Sequence[NewJob], now: float) -> list[AddResult]:
         """Store new jobs: ``ready`` when ``run_at <= now``, else ``scheduled``.
-
         Idempotent on job id (a resent submit stores nothing twice) and on active
-        unique keys; also within one batch. Results come in the input's order.
-        """
+        unique keys, within one batch too. Results come in the input's order."""
 
     # -- running jobs --------------------------------------------------------
 
     @abc.abstractmethod
     def claim(self, queues: Sequence[str], limit: int, now: float, grant: Grant) -> list[JobRecord]:
-        """Move up to ``limit`` ready jobs of ``queues`` (skipping paused queues)
-        to ``running`` under ``grant``: count the attempt, set the lease token,
-        its end, the worker and the broker.
-
-        Order: priority, run_at, seq. Two brokers claiming at once on one
-        database never get the same job. Returns the jobs as claimed.
-        """
+        """Move up to ``limit`` ready jobs of ``queues`` (skipping paused queues),
+        in dispatch order, to ``running`` under ``grant``: count the attempt, set
+        the lease token, its end, the worker and the broker. Returns the jobs as
+        claimed. Two brokers claiming at once never get the same job."""
 
     @abc.abstractmethod
     def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         """End attempts: apply each transition to its job if the job still runs
         under that lease, and leave running (the lease, its worker and broker
-        cleared). False for a stale lease: nothing changed."""
+        cleared). False for a stale lease: nothing changed. A lease named twice
+        in one batch succeeds once."""
 
     @abc.abstractmethod
     def extend_leases(self, leases: Sequence[Lease], until: float, broker: str) -> list[bool]:
@@ -136,7 +123,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def expired(self, now: float, limit: int = 1000) -> list[JobRecord]:
-        """Running jobs whose lease ended before ``now``: their worker is gone."""
+        """Running jobs whose lease ended strictly before ``now``: their worker
+        is gone."""
 
     @abc.abstractmethod
     def running(self, broker: str, limit: int = 1000) -> list[JobRecord]:
@@ -169,7 +157,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, states: Iterable[str], finished_before: float) -> int:
-        """Delete jobs in the given final states last changed before
+        """Delete jobs in the given final states last changed strictly before
         ``finished_before``; return how many (retention)."""
 
     @abc.abstractmethod
@@ -181,7 +169,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def get(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        """The named jobs that exist, by id."""
+        """The named jobs that exist, by id, in the order asked."""
 
     @abc.abstractmethod
     def errors(self, job_id: str) -> list[AttemptError]:

@@ -45,7 +45,6 @@ class MemoryStorage(Storage):
     # -- moves between states ------------------------------------------------
 
     def _place(self, job: JobRecord, state: str, run_at: float, now: float) -> None:
-        """Into ready or scheduled, on the heap that stands for that state."""
         job.state = state
         job.run_at = run_at
         job.updated_at = now
@@ -143,9 +142,7 @@ class MemoryStorage(Storage):
         job = self._running.get(lease.job_id)
         if job is None or job.lease != lease.token:
             return None
-        if lease.worker is not None and job.worker != lease.worker:
-            return None
-        return job
+        return job if lease.worker is None or job.worker == lease.worker else None
 
     def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         results = []
@@ -179,21 +176,19 @@ class MemoryStorage(Storage):
 
     def promote(self, now: float) -> int:
         promoted = 0
-        while self._scheduled and self._scheduled[0][0] <= now:
-            run_at, _, job_id = heapq.heappop(self._scheduled)
-            job = self._jobs.get(job_id)
-            if job is None or job.state != SCHEDULED or job.run_at != run_at:
-                continue
-            self._place(job, READY, run_at, now)
+        while (run_at := self.next_run_at()) is not None and run_at <= now:
+            job_id = heapq.heappop(self._scheduled)[2]
+            self._place(self._jobs[job_id], READY, run_at, now)
             promoted += 1
         return promoted
 
     def next_run_at(self) -> float | None:
+        """The head of the scheduled heap, once entries of jobs that moved on are dropped."""
         heap = self._scheduled
         while heap:
             run_at, _, job_id = heap[0]
-            job = self._jobs.get(job_id)
-            if job is not None and job.state == SCHEDULED and job.run_at == run_at:
+            job = self._jobs.get(job_id, _GONE)
+            if job.state == SCHEDULED and job.run_at == run_at:
                 return run_at
             heapq.heappop(heap)
         return None
@@ -205,14 +200,14 @@ class MemoryStorage(Storage):
     ) -> list[bool]:
         results = []
         for job_id in job_ids:
-            job = self._jobs.get(job_id)
-            ok = job is not None and job.state in accepts
-            if job is not None and ok and job.unique_key is not None:
-                if to.keeps_key and job.state not in ACTIVE_STATES:
-                    ok = job.unique_key not in self._active_keys
-                    if ok:
-                        self._active_keys[job.unique_key] = job.id
-            if job is not None and ok:
+            job = self._jobs.get(job_id, _GONE)
+            ok = job.state in accepts
+            key = job.unique_key
+            if ok and key is not None and to.keeps_key and job.state not in ACTIVE_STATES:
+                ok = key not in self._active_keys  # taken back, unless another holds it
+                if ok:
+                    self._active_keys[key] = job.id
+            if ok:
                 self._apply(job, to, now)
             results.append(ok)
         return results
@@ -235,12 +230,11 @@ class MemoryStorage(Storage):
         )
 
     def _delete(self, job_ids: Iterable[str]) -> int:
-        deleted = 0
-        for job_id in list(job_ids):
+        doomed = list(job_ids)
+        for job_id in doomed:
             del self._jobs[job_id]
             self._errors.pop(job_id, None)
-            deleted += 1
-        return deleted
+        return len(doomed)
 
     def set_paused(self, queue: str, paused: bool) -> None:
         if paused:

@@ -14,15 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobsd.vocabulary import (
-    ACTIVE_STATES,
-    CANCELLED,
-    DEAD,
-    DONE,
-    FINAL_STATES,
-    READY,
-    SCHEDULED,
-)
+from jobsd.vocabulary import ACTIVE_STATES, CANCELLED, DEAD, DONE, FINAL_STATES, READY, SCHEDULED
 
 #: What a transition does to the job's attempt count.
 KEEP = "keep"
@@ -49,7 +41,6 @@ class Transition:
 
 
 def waiting(run_at: float, now: float) -> str:
-    """A job that is to run at ``run_at`` is ready now, or scheduled."""
     return READY if run_at <= now else SCHEDULED
 
 
@@ -87,7 +78,6 @@ def released() -> Transition:
 
 #: What cancel accepts: a running job is cancelled by its worker instead.
 CANCELLABLE = frozenset({SCHEDULED, READY})
-#: What retry accepts.
 RETRYABLE = frozenset({DEAD, CANCELLED})
 #: What delete and purge accept: an active job is never deleted.
 DELETABLE = FINAL_STATES

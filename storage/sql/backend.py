@@ -19,50 +19,27 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.engine import Connection
 
 from jobsd.storage.base import SchemaError, Storage, StorageError
-from jobsd.storage.records import (
-    AddResult,
-    Grant,
-    JobRecord,
-    Lease,
-    NewJob,
-)
+from jobsd.storage.records import AddResult, Grant, JobRecord, Lease, NewJob
 from jobsd.storage.rules import Transition, waiting
 from jobsd.storage.sql.engine import DEFAULT_CONNECT_TIMEOUT, Database
 from jobsd.storage.sql.operators import SQLOperators, changes
-from jobsd.storage.sql.schema import (
-    check_version,
-    job_errors,
-    jobs,
-    migrate,
-    schema_version,
-)
-from jobsd.storage.sql.statements import (
-    PAUSED,
-    RECORD_COLUMNS,
-    Statements,
-    chunks,
-    to_record,
-)
+from jobsd.storage.sql.schema import check_version, job_errors, jobs, migrate, schema_version
+from jobsd.storage.sql.statements import PAUSED, RECORD_COLUMNS, Statements, chunks, to_record
 from jobsd.vocabulary import DONE, READY, RUNNING, SCHEDULED
 
 
 class SQLStorage(SQLOperators, Storage):
     """The contract on a SQL database (``engine.py`` lists the URLs).
 
-    ``create=True`` (the default) creates the schema on first open and upgrades
-    an older one; ``create=False`` only checks it is not newer than this code,
-    so a caller can :meth:`migrate` explicitly (``jobsd migrate URL``). Raises
-    ``ValueError`` for a URL no backend understands, :class:`StorageError`
-    when the database cannot be reached or written, :class:`SchemaError` when
-    its schema is newer.
-    """
+    ``create=True`` creates the schema on first open and upgrades an older one;
+    ``create=False`` only checks it is not newer than this code, so a caller
+    can :meth:`migrate` explicitly (``jobsd migrate URL``). Raises
+    ``ValueError`` for a URL no backend understands, :class:`StorageError` when
+    the database cannot be reached or written, :class:`SchemaError` when its
+    schema is newer."""
 
     def __init__(
-        self,
-        url: str,
-        *,
-        create: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        self, url: str, *, create: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     ) -> None:
         self._db = Database(url, connect_timeout)
         self.url = self._db.url
@@ -75,22 +52,19 @@ class SQLStorage(SQLOperators, Storage):
                 with self._db.reader.begin() as conn:
                     check_version(schema_version(conn), self.url)
         except SchemaError:
-            self._db.dispose()
+            self._db.engine.dispose()
             raise
         except self._db.errors as exc:
-            self._db.dispose()
+            self._db.engine.dispose()
             raise self._db.failure(exc, "cannot open storage") from exc
 
     # -- schema ----------------------------------------------------------------
 
     def migrate(self) -> tuple[int, int]:
-        """Create or upgrade the schema; return ``(from_version, to_version)``
-        (``from_version`` is 0 for a database without a jobsd schema)."""
+        """Create or upgrade the schema: ``schema.migrate``."""
         try:
             return migrate(self._db.engine, self.url)
-        except SchemaError:
-            raise
-        except self._db.errors as exc:
+        except self._db.errors as exc:  # a SchemaError passes as it is
             raise self._db.failure(exc, "cannot migrate storage") from exc
 
     def schema_version(self) -> int:
@@ -98,7 +72,7 @@ class SQLStorage(SQLOperators, Storage):
         return self._db.read(schema_version)
 
     def close(self) -> None:
-        self._db.dispose()
+        self._db.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.url!r})"
@@ -131,7 +105,7 @@ class SQLStorage(SQLOperators, Storage):
                     continue
                 holders[new.unique_key] = new.id
             known.add(new.id)
-            rows.append(
+            rows.append(  # the columns not named (lease, worker, result...) start NULL
                 {
                     "id": new.id,
                     "name": new.name,
@@ -148,12 +122,6 @@ class SQLStorage(SQLOperators, Storage):
                     "active_key": new.unique_key,
                     "created_at": now,
                     "updated_at": now,
-                    "lease_until": None,
-                    "worker": None,
-                    "result": None,
-                    "error": None,
-                    "lease": None,
-                    "broker": None,
                 }
             )
             results.append(AddResult(new.id, True))
@@ -209,7 +177,7 @@ class SQLStorage(SQLOperators, Storage):
         extra heads locked stay locked only until commit."""
         heads: list[Row[Any]] = []
         for queue in queues:
-            heads.extend(conn.execute(self._sql.queue_head(queue, limit)))
+            heads.extend(conn.execute(self._sql.queue_head, {"queue": queue, "limit": limit}))
         heads.sort(key=lambda row: (row.priority, row.run_at, row.seq))
         rows: list[Row[Any]] = []
         for chunk in chunks([row.seq for row in heads[:limit]]):
@@ -220,24 +188,16 @@ class SQLStorage(SQLOperators, Storage):
 
     def _held(self, conn: Connection, leases: Iterable[Lease]) -> dict[str, tuple[Any, ...]]:
         """The running jobs among those named, by id: (lease, worker, attempts), locked."""
-        rows = self._sql.lock(
-            conn,
-            (lease.job_id for lease in leases),
-            jobs.c.state,
-            jobs.c.lease,
-            jobs.c.worker,
-            jobs.c.attempts,
-        )
+        ids = (lease.job_id for lease in leases)
+        rows = self._sql.lock(conn, ids, "state", "lease", "worker", "attempts")
         return {row[0]: tuple(row[2:]) for row in rows if row[1] == RUNNING}
 
     @staticmethod
     def _current(held: dict[str, tuple[Any, ...]], lease: Lease) -> bool:
         found = held.get(lease.job_id)
-        return (
-            found is not None
-            and found[0] == lease.token
-            and (lease.worker is None or found[1] == lease.worker)
-        )
+        if found is None or found[0] != lease.token:
+            return False
+        return lease.worker is None or found[1] == lease.worker
 
     def finish(self, ends: Sequence[tuple[Lease, Transition]], now: float) -> list[bool]:
         if not ends:
@@ -271,10 +231,11 @@ class SQLStorage(SQLOperators, Storage):
             groups[(to.keeps_key, to.attempts, to.clear_error, *row)].append(row)
         if history:
             conn.execute(job_errors.insert(), history)
-        for (keeps_key, attempts, clear_error, *_), rows in groups.items():
+        for shape, rows in groups.items():
+            keeps_key, attempts, clear_error, *_ = shape
             same = changes(keeps_key, attempts, clear_error, now)
             self._sql.update_leased(
-                conn, rows, lease=None, lease_until=None, worker=None, broker=None, **same
+                conn, shape, rows, lease=None, lease_until=None, worker=None, broker=None, **same
             )
         return results
 

@@ -39,6 +39,8 @@ _SUPPORTED = (
     "mysql://USER@HOST/DB or mariadb://USER@HOST/DB (pymysql)"
 )
 _EXTRAS = {"postgresql": "jobsd[postgres]", "mysql": "jobsd[mysql]", "mariadb": "jobsd[mysql]"}
+#: The drivers that take a ``connect_timeout`` connect argument.
+_TIMEOUT_DRIVERS = {"psycopg", "psycopg2", "pymysql", "mysqldb"}
 #: Tries per call when a racing broker makes a transaction fail harmlessly
 #: (a unique key taken meanwhile, a deadlock victim).
 _TRIES = 3
@@ -76,7 +78,11 @@ class Database:
         self._open_failed = False
 
     def failure(self, exc: BaseException, doing: str = "storage") -> StorageError:
-        return StorageError(f"{doing} {self.url}: {describe(exc)}")
+        """One line about a database error, without SQLAlchemy's statement dump."""
+        orig = getattr(exc, "orig", None) or exc
+        lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+        text = lines[0] if lines else type(orig).__name__
+        return StorageError(f"{doing} {self.url}: {type(orig).__name__}: {text}")
 
     def write(self, work: Callable[[Connection], T]) -> T:
         return self._run(self.engine, work)
@@ -97,17 +103,9 @@ class Database:
             try:
                 with engine.begin() as conn:
                     return work(conn)
-            except IntegrityError as exc:
-                # A job id or unique key inserted meanwhile by another broker:
-                # the next try sees it and answers accordingly.
-                if attempt < _TRIES:
-                    continue
-                raise self.failure(exc) from exc
-            except DBAPIError as exc:
-                if attempt < _TRIES and self._is_retryable(exc):
-                    continue
-                raise self.failure(exc) from exc
             except self.errors as exc:
+                if attempt < _TRIES and self._lost_a_race(exc):
+                    continue
                 raise self.failure(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -131,23 +129,17 @@ class Database:
         except self.errors as exc:
             raise self.failure(exc) from exc
 
-    def _is_retryable(self, exc: DBAPIError) -> bool:
-        orig = exc.orig
-        if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # serialization, deadlock
+    def _lost_a_race(self, exc: BaseException) -> bool:
+        """A failure another broker's concurrent change caused: a job id or
+        unique key inserted meanwhile (the next try sees it and answers
+        accordingly), a serialization failure or a deadlock."""
+        if isinstance(exc, IntegrityError):
+            return True
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        if getattr(orig, "sqlstate", None) in ("40001", "40P01"):
             return True
         args: tuple[Any, ...] = getattr(orig, "args", ())
         return self.dialect in ("mysql", "mariadb") and bool(args) and args[0] == 1213
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-
-def describe(exc: BaseException) -> str:
-    """One line about a database error, without SQLAlchemy's statement dump."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
-    text = lines[0] if lines else type(orig).__name__
-    return f"{type(orig).__name__}: {text}"
 
 
 def _mask(url: str) -> str:
@@ -157,14 +149,12 @@ def _mask(url: str) -> str:
 def _parse_url(url: str) -> URL:
     try:
         sa_url = make_url(url)
+        shown = sa_url.render_as_string(hide_password=True)
     except (ArgumentError, ValueError) as exc:
         raise ValueError(f"unsupported storage URL {_mask(url)!r}: use {_SUPPORTED}") from exc
     backend = sa_url.get_backend_name()
     if backend not in _DEFAULT_DRIVERS:
-        raise ValueError(
-            f"unsupported storage URL {sa_url.render_as_string(hide_password=True)!r}: "
-            f"use {_SUPPORTED}"
-        )
+        raise ValueError(f"unsupported storage URL {shown!r}: use {_SUPPORTED}")
     if "+" not in sa_url.drivername:
         sa_url = sa_url.set(drivername=_DEFAULT_DRIVERS[backend])
     return sa_url
@@ -172,7 +162,6 @@ def _parse_url(url: str) -> URL:
 
 def _make_engine(url: URL, connect_timeout: float) -> Engine:
     backend = url.get_backend_name()
-    driver = url.get_driver_name()
     kwargs: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
     in_memory = backend == "sqlite" and url.database in (None, "", ":memory:")
@@ -180,15 +169,12 @@ def _make_engine(url: URL, connect_timeout: float) -> Engine:
         connect_args["check_same_thread"] = False
         if in_memory:
             kwargs["poolclass"] = StaticPool  # one connection: one database
-    elif backend == "postgresql":
-        if driver in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
-            connect_args["connect_timeout"] = max(1, round(connect_timeout))
-    else:  # mysql, mariadb
+    elif backend != "postgresql":  # mysql, mariadb
         # Locking reads see the newest committed rows and lock no gaps.
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["pool_recycle"] = 3600  # under the server's wait_timeout
-        if driver in ("pymysql", "mysqldb") and "connect_timeout" not in url.query:
-            connect_args["connect_timeout"] = max(1, round(connect_timeout))
+    if url.get_driver_name() in _TIMEOUT_DRIVERS and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = max(1, round(connect_timeout))
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         _tune_sqlite(engine, in_memory=in_memory)
@@ -225,15 +211,11 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        try:
-            if not in_memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-        finally:
-            cursor.close()
+        if not in_memory:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=FULL")
+        dbapi_conn.execute("PRAGMA busy_timeout=5000")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

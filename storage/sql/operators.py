@@ -32,18 +32,11 @@ class SQLOperators:
             return []
 
         def work(conn: Connection) -> list[bool]:
-            found = {
-                job_id: (state, key)
-                for job_id, state, key in self._sql.lock(
-                    conn, job_ids, jobs.c.state, jobs.c.unique_key
-                )
-            }
-            takes_back = [
-                key
-                for state, key in found.values()
-                if to.keeps_key and state in accepts and state not in ACTIVE_STATES
-            ]
-            held = set(self._sql.key_holders(conn, takes_back))
+            rows = self._sql.lock(conn, job_ids, "state", "unique_key")
+            found = {job_id: (state, key) for job_id, state, key in rows}
+            # Active again, a job takes its key back, unless another holds it.
+            keys = [key for _, key in found.values()] if to.keeps_key else []
+            held = set(self._sql.key_holders(conn, keys))
             results = []
             for job_id in job_ids:
                 state, key = found.get(job_id, ("", None))
@@ -73,7 +66,7 @@ class SQLOperators:
             return 0
 
         def work(conn: Connection) -> int:
-            rows = self._sql.lock(conn, job_ids, jobs.c.state)
+            rows = self._sql.lock(conn, job_ids, "state")
             final = [job_id for job_id, state in rows if state in DELETABLE]
             for chunk in chunks(final):
                 # The error history goes with its job (ON DELETE CASCADE).

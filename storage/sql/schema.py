@@ -1,24 +1,13 @@
 """The SQL schema of jobsd's storage, and how a database gets to its current version.
 
 Every table is named ``jobsd_*`` so jobsd can share a database with an
-application. ``jobsd_meta`` holds ``schema_version``; :func:`migrate` brings a
-database from whatever version it has up to :data:`SCHEMA_VERSION`, one step at
-a time, and refuses (with :class:`SchemaError`) a database written by a newer
-jobsd.
-
-Adding version N + 1:
-
-1. change the tables below to what it looks like (a fresh database is created
-   straight at the newest version by ``create_all``);
-2. write ``def _vN_to_vN1(conn): ...`` that alters a version-N database into
-   the same shape (ALTER TABLE, CREATE INDEX, back-filling data);
-3. register it in ``STEPS`` and raise ``SCHEMA_VERSION``.
-
-Each step runs in its own transaction together with the version bump (MySQL and
-MariaDB commit DDL implicitly, so a step there must be safe to run again).
-
-Versions: 1, the first; 2 adds a running job's lease token (``lease``) and the
-broker it was handed out through (``broker``).
+application; ``jobsd_meta`` holds ``schema_version``. Adding version N + 1:
+change the tables below (``create_all`` makes a fresh database at the newest
+version straight away), write ``_vN_to_vN1(conn)`` that alters a version-N
+database into the same shape, register it in ``STEPS`` and raise
+``SCHEMA_VERSION``. Each step runs in one transaction with its version bump
+(MySQL and MariaDB commit DDL implicitly, so a step there must be safe to run
+again). Version 2 added a running job's lease token and its broker.
 """
 
 from __future__ import annotations
@@ -27,25 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Double,
-    Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    inspect,
-    select,
-    text,
-)
+import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateColumn
 
 from jobsd.storage.base import SchemaError
@@ -64,118 +36,116 @@ _MYSQL_TABLE: dict[str, Any] = {
 }
 
 #: An autoincrementing BIGINT that SQLite accepts as its rowid alias.
-_SeqType = BigInteger().with_variant(Integer(), "sqlite")
+_SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 #: Opaque bytes of any size (MySQL's BLOB stops at 64 KiB).
-_Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+_Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: Text of any size (tracebacks can be long; MySQL's TEXT stops at 64 KiB).
-_LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+#: Ids, names, queues, keys: every one stored whole (see ``Storage``).
+_Key = sa.String(MAX_KEY_LENGTH)
 
 
-def _key() -> String:
-    return String(MAX_KEY_LENGTH)
+metadata = sa.MetaData()
 
-
-metadata = MetaData()
-
-jobs = Table(
+jobs = sa.Table(
     "jobsd_jobs",
     metadata,
     # Submission order, and the clustered key on InnoDB: inserts append.
-    Column("seq", _SeqType, primary_key=True, autoincrement=True),
-    Column("id", _key(), nullable=False),
-    Column("name", _key(), nullable=False),
-    Column("queue", _key(), nullable=False),
-    Column("args", _Blob, nullable=False),
-    Column("priority", Integer, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("run_at", Double, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("max_attempts", Integer, nullable=True),
-    Column("backoff", Text, nullable=True),  # JSON
-    Column("timeout", Double, nullable=True),
-    Column("unique_key", _key(), nullable=True),
+    sa.Column("seq", _SeqType, primary_key=True, autoincrement=True),
+    sa.Column("id", _Key, nullable=False),
+    sa.Column("name", _Key, nullable=False),
+    sa.Column("queue", _Key, nullable=False),
+    sa.Column("args", _Blob, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("run_at", sa.Double, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=True),
+    sa.Column("backoff", sa.Text, nullable=True),  # JSON
+    sa.Column("timeout", sa.Double, nullable=True),
+    sa.Column("unique_key", _Key, nullable=True),
     # unique_key while the job is scheduled, ready or running, else NULL: a
     # plain UNIQUE index then enforces "one active job per key" everywhere
     # (MariaDB has no partial indexes; NULLs never collide).
-    Column("active_key", _key(), nullable=True),
-    Column("created_at", Double, nullable=False),
-    Column("updated_at", Double, nullable=False),
-    Column("lease_until", Double, nullable=True),
-    Column("worker", _key(), nullable=True),
-    Column("result", _Blob, nullable=True),
-    Column("error", _LongText, nullable=True),
+    sa.Column("active_key", _Key, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("worker", _Key, nullable=True),
+    sa.Column("result", _Blob, nullable=True),
+    sa.Column("error", _LongText, nullable=True),
     # The running job's lease token: a report counts only if it names it.
-    Column("lease", String(64), nullable=True),
+    sa.Column("lease", sa.String(64), nullable=True),
     # The broker that handed the lease out (a broker that restarts takes
     # back its own leases that no worker came back for).
-    Column("broker", _key(), nullable=True),
-    Index("ux_jobsd_jobs_id", "id", unique=True),
-    Index("ux_jobsd_jobs_active_key", "active_key", unique=True),
+    sa.Column("broker", _Key, nullable=True),
+    sa.Index("ux_jobsd_jobs_id", "id", unique=True),
+    sa.Index("ux_jobsd_jobs_active_key", "active_key", unique=True),
     # claim: one queue's ready jobs in dispatch order, read straight off the index
     # (and stats: counts by queue and state from the index alone).
-    Index("ix_jobsd_jobs_claim", "queue", "state", "priority", "run_at", "seq"),
+    sa.Index("ix_jobsd_jobs_claim", "queue", "state", "priority", "run_at", "seq"),
     # promote and next_run_at
-    Index("ix_jobsd_jobs_state_run_at", "state", "run_at"),
+    sa.Index("ix_jobsd_jobs_state_run_at", "state", "run_at"),
     # expired
-    Index("ix_jobsd_jobs_state_lease", "state", "lease_until"),
+    sa.Index("ix_jobsd_jobs_state_lease", "state", "lease_until"),
     # purge
-    Index("ix_jobsd_jobs_state_updated", "state", "updated_at"),
+    sa.Index("ix_jobsd_jobs_state_updated", "state", "updated_at"),
     **_MYSQL_TABLE,
 )
 
-job_errors = Table(
+job_errors = sa.Table(
     "jobsd_job_errors",
     metadata,
-    Column("seq", _SeqType, primary_key=True, autoincrement=True),
-    Column(
+    sa.Column("seq", _SeqType, primary_key=True, autoincrement=True),
+    sa.Column(
         "job_id",
-        _key(),
-        ForeignKey("jobsd_jobs.id", ondelete="CASCADE", name="fk_jobsd_job_errors_job"),
+        _Key,
+        sa.ForeignKey("jobsd_jobs.id", ondelete="CASCADE", name="fk_jobsd_job_errors_job"),
         nullable=False,
     ),
-    Column("attempt", Integer, nullable=False),
-    Column("at", Double, nullable=False),
-    Column("error", _LongText, nullable=False),
-    Index("ix_jobsd_job_errors_job", "job_id", "seq"),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("error", _LongText, nullable=False),
+    sa.Index("ix_jobsd_job_errors_job", "job_id", "seq"),
     **_MYSQL_TABLE,
 )
 
-paused_queues = Table(
+paused_queues = sa.Table(
     "jobsd_paused_queues",
     metadata,
-    Column("queue", _key(), primary_key=True),
+    sa.Column("queue", _Key, primary_key=True),
     **_MYSQL_TABLE,
 )
 
-meta = Table(
+meta = sa.Table(
     "jobsd_meta",
     metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", String(255), nullable=False),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
     **_MYSQL_TABLE,
 )
 
 
-def _v1_to_v2(conn: Connection) -> None:
+def _v1_to_v2(conn: sa.Connection) -> None:
     """Lease tokens and their brokers. Jobs running when the database is
     upgraded have no token: no report can name them, and they are retried
     when their leases expire (stop the old broker's workers first)."""
-    present = {column["name"] for column in inspect(conn).get_columns(jobs.name)}
+    present = {column["name"] for column in sa.inspect(conn).get_columns(jobs.name)}
     for name in ("lease", "broker"):
         if name not in present:  # MySQL commits DDL at once: a rerun skips it
             column = CreateColumn(jobs.c[name]).compile(dialect=conn.dialect)
-            conn.execute(text(f"ALTER TABLE {jobs.name} ADD COLUMN {column}"))
+            conn.execute(sa.text(f"ALTER TABLE {jobs.name} ADD COLUMN {column}"))
 
 
 #: ``STEPS[n]`` upgrades a version-``n`` database to version ``n + 1``.
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _v1_to_v2}
 
 
-def schema_version(conn: Connection) -> int:
+def schema_version(conn: sa.Connection) -> int:
     """The database's schema version; 0 when it has no jobsd schema yet."""
-    if not inspect(conn).has_table(meta.name):
+    if not sa.inspect(conn).has_table(meta.name):
         return 0
-    value = conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+    value = conn.scalar(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
     if value is None:
         return 0
     try:
@@ -185,7 +155,6 @@ def schema_version(conn: Connection) -> int:
 
 
 def check_version(version: int, where: str) -> None:
-    """Refuse a schema newer than this code."""
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"the jobsd schema at {where} is version {version}, but this jobsd only "
@@ -193,7 +162,7 @@ def check_version(version: int, where: str) -> None:
         )
 
 
-def _set_version(conn: Connection, version: int) -> None:
+def _set_version(conn: sa.Connection, version: int) -> None:
     updated = conn.execute(
         meta.update().where(meta.c.key == "schema_version").values(value=str(version))
     )
@@ -202,7 +171,7 @@ def _set_version(conn: Connection, version: int) -> None:
 
 
 @contextmanager
-def _migration_lock(engine: Engine) -> Iterator[None]:
+def _migration_lock(engine: sa.Engine) -> Iterator[None]:
     """Keep two processes from migrating one database at once.
 
     SQLite serialises writers already (transactions begin IMMEDIATE); PostgreSQL
@@ -213,24 +182,24 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect() as lock_conn:
-        got = lock_conn.scalar(text("SELECT GET_LOCK('jobsd_migrate', 60)"))
+        got = lock_conn.scalar(sa.text("SELECT GET_LOCK('jobsd_migrate', 60)"))
         lock_conn.commit()
         if got != 1:
             raise SchemaError("another process holds the jobsd migration lock")
         try:
             yield
         finally:
-            lock_conn.execute(text("SELECT RELEASE_LOCK('jobsd_migrate')"))
+            lock_conn.execute(sa.text("SELECT RELEASE_LOCK('jobsd_migrate')"))
             lock_conn.commit()
 
 
-def _lock_step(conn: Connection) -> None:
+def _lock_step(conn: sa.Connection) -> None:
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('jobsd_migrate'))"))
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('jobsd_migrate'))"))
 
 
-def migrate(engine: Engine, where: str | None = None) -> tuple[int, int]:
-    """Create the schema, or upgrade it step by step to :data:`SCHEMA_VERSION`.
+def migrate(engine: sa.Engine, where: str | None = None) -> tuple[int, int]:
+    """Create the schema, or upgrade it one step at a time to :data:`SCHEMA_VERSION`.
 
     Returns ``(from_version, to_version)``; they are equal when there was
     nothing to do, and ``from_version`` is 0 for a database without a jobsd
@@ -238,26 +207,21 @@ def migrate(engine: Engine, where: str | None = None) -> tuple[int, int]:
     Safe to run from several processes at once.
     """
     where = where or engine.url.render_as_string(hide_password=True)
+    start: int | None = None
     with _migration_lock(engine):
-        with engine.begin() as conn:
-            _lock_step(conn)
-            start = schema_version(conn)
-            check_version(start, where)
-            if start == 0:
-                # A fresh database goes straight to the newest version.
-                metadata.create_all(conn, checkfirst=True)
-                _set_version(conn, SCHEMA_VERSION)
-                return 0, SCHEMA_VERSION
-        version = start
-        while version < SCHEMA_VERSION:
-            step = STEPS.get(version)
-            if step is None:
-                raise SchemaError(f"no migration from schema version {version} at {where}")
+        while True:
             with engine.begin() as conn:
                 _lock_step(conn)
-                current = schema_version(conn)
-                if current == version:  # not done meanwhile by another process
-                    step(conn)
-                    _set_version(conn, version + 1)
-                version = max(current, version + 1)
-    return start, SCHEMA_VERSION
+                version = schema_version(conn)  # read again: another process may be ahead
+                check_version(version, where)
+                start = version if start is None else start
+                if version == SCHEMA_VERSION:
+                    return start, version
+                if version == 0:  # a fresh database goes straight to the newest version
+                    metadata.create_all(conn, checkfirst=True)
+                    _set_version(conn, SCHEMA_VERSION)
+                    return 0, SCHEMA_VERSION
+                if version not in STEPS:
+                    raise SchemaError(f"no migration from schema version {version} at {where}")
+                STEPS[version](conn)
+                _set_version(conn, version + 1)
