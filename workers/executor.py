@@ -136,8 +136,6 @@ class Executor:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    # -- starting jobs -------------------------------------------------------------
-
     def start(self, running: Running) -> None:
         job = running.job
         definition = self.registry.definitions.get(job.name)
@@ -246,8 +244,6 @@ class Executor:
             self._loop = loop
         return self._loop
 
-    # -- outcomes ------------------------------------------------------------------
-
     def _success(self, running: Running, result: Any) -> Report:
         job = running.job
         if isinstance(result, Reschedule):
@@ -292,7 +288,6 @@ def _failure(running: Running, exc: BaseException) -> Fail:
 
 
 def timed_out(running: Running) -> Fail:
-    """The report for a job over its time limit."""
     job = running.job
     error = f"JobTimeout: ran longer than its time limit of {job.timeout} s"
     return Fail(job.id, job.lease, error, FAIL_TIMEOUT)

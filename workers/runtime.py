@@ -101,7 +101,6 @@ class Worker:
         self._stop_requested += 1
 
     def run(self) -> None:
-        """Build the state, serve until stopped, tear the state down."""
         factory = self.registry.state_factory
         state = factory() if factory else None
         with contextlib.ExitStack() as stack:
@@ -119,8 +118,6 @@ class Worker:
                     # Let the last reports (acks, hand-backs) reach the broker.
                     self._socket.close(linger=int(self._heartbeat * 1000))
                 self._context.destroy(linger=0)  # never hangs on a socket left open
-
-    # -- the loop ------------------------------------------------------------------
 
     def _serve(self) -> None:
         assert self._executor is not None  # set by run()
@@ -204,8 +201,6 @@ class Worker:
         except zmq.Again:
             log.warning("could not send %s: broker not reachable", command.decode())
 
-    # -- from the broker ---------------------------------------------------------------
-
     def _receive(self, sock: zmq.Socket[Any]) -> None:
         for frames in recv_waiting(sock, RECEIVE_BURST, recv):
             self._last_heard = time.monotonic()
@@ -275,8 +270,6 @@ class Worker:
         self.running[job.id] = running
         self._executor.start(running)
 
-    # -- to the broker -----------------------------------------------------------------
-
     def _sender(self) -> Any:
         """Where reports go now: to the broker once registered; until then they
         wait in the outbox, for the WELCOME."""
@@ -316,8 +309,6 @@ class Worker:
             del self.running[running.job.id]
             self._executor.abandon(running)
             self.outbox.fails([timed_out(running)], self._sender())
-
-    # -- stopping ----------------------------------------------------------------------
 
     def _begin_stop(self) -> None:
         """Say BYE (once): the broker sends no more work; prefetched jobs no

@@ -112,7 +112,6 @@ def supervise(app: str, config: WorkerConfig, processes: int, log_level: int) ->
 
 
 def child_main(argv: list[str]) -> None:
-    """A supervised child: its settings are the one argument."""
     settings: dict[str, Any] = json.loads(argv[0])
     fields = settings["config"]
     fields["queues"] = tuple(fields["queues"])

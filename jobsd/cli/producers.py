@@ -217,8 +217,6 @@ def cancel(job_id: str, broker: Broker) -> None:
 
 
 def _pausing(paused: bool, help: str) -> click.Command:
-    """``pause`` and ``resume``: one queue, one client call."""
-
     @click.command("pause" if paused else "resume", help=help)
     @click.argument("queue")
     @connected
