@@ -169,13 +169,7 @@ class Registry:
             if job_name in self.definitions:
                 raise ValueError(f"job {job_name!r} is registered twice")
             key = args_key(job_name) if unique is True else (unique or None)
-            definition: JobDefinition[P, R] = JobDefinition(
-                func,
-                job_name,
-                options,
-                key,
-                context,
-            )
+            definition: JobDefinition[P, R] = JobDefinition(func, job_name, options, key, context)
             self.definitions[job_name] = definition
             if cron is not None:
                 self.schedule(cron, definition)
