@@ -300,13 +300,9 @@ class Worker:
         assert self._executor is not None
         late = [r for r in self.running.values() if r.deadline is not None and r.deadline <= now]
         for running in late:
-            log.warning(
-                "job %s (%s) ran past its %s s limit",
-                running.job.id,
-                running.job.name,
-                running.job.timeout,
-            )
-            del self.running[running.job.id]
+            job = running.job
+            log.warning("job %s (%s) ran past its %s s limit", job.id, job.name, job.timeout)
+            del self.running[job.id]
             self._executor.abandon(running)
             self.outbox.fails([timed_out(running)], self._sender())
 
