@@ -51,8 +51,6 @@ def _keep_option(state: str, default: float | None) -> Callable[[F], F]:
 @heartbeat_options(
     heartbeat="Seconds between heartbeats with workers.",
     liveness="Missed heartbeats before a worker is declared lost.",
-    default=_BROKER.heartbeat,
-    beats=_BROKER.liveness,
 )
 @click.option(
     "--lease",
@@ -236,8 +234,6 @@ def migrate(url: str) -> None:
 @heartbeat_options(
     heartbeat="Seconds between heartbeats to the broker, until it says its own.",
     liveness="Broker heartbeats missed before the worker reconnects, likewise.",
-    default=_BROKER.heartbeat,
-    beats=_BROKER.liveness,
 )
 @click.option(
     "--grace",

@@ -9,6 +9,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from jobsd.broker.config import BrokerConfig
 from jobsd.client import DEFAULT_ENDPOINT, Client
 from jobsd.errors import JobsdError
 
@@ -33,24 +34,23 @@ TIMEOUT = click.option(
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def heartbeat_options(
-    *, heartbeat: str, liveness: str, default: float, beats: int
-) -> Callable[[F], F]:
-    """``--heartbeat`` and ``--liveness``, the same limits on both programs: a
-    zero heartbeat would spin the loops."""
+def heartbeat_options(*, heartbeat: str, liveness: str) -> Callable[[F], F]:
+    """``--heartbeat`` and ``--liveness``, the same limits and defaults (the
+    broker's) on both programs: a zero heartbeat would spin the loops."""
+    defaults = BrokerConfig()
 
     def decorate(command: F) -> F:
         command = click.option(
             "--liveness",
             type=click.IntRange(min=1),
-            default=beats,
+            default=defaults.liveness,
             show_default=True,
             help=liveness,
         )(command)
         return click.option(
             "--heartbeat",
             type=click.FloatRange(min=0.01),
-            default=default,
+            default=defaults.heartbeat,
             show_default=True,
             help=heartbeat,
         )(command)
