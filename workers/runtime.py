@@ -22,24 +22,7 @@ from typing import Any
 import zmq
 
 from jobsd.keys import ClientKeys
-from jobsd.protocol.framing import (
-    BYE,
-    CANCEL,
-    CONFIRM,
-    ERROR,
-    HEARTBEAT,
-    HELLO,
-    JOB,
-    RECONNECT,
-    RELEASE,
-    WELCOME,
-    ProtocolError,
-    decode,
-    encode,
-    recv,
-    recv_waiting,
-    send,
-)
+from jobsd.protocol import framing
 from jobsd.protocol.worker import Ack, Dispatch, Fail, Hello, Welcome, decode_cancel, decode_jobs
 from jobsd.vocabulary import MAX_MESSAGE_BYTES
 from jobsd.workers.executor import Executor, JobContext, Running, timed_out
@@ -89,7 +72,6 @@ class Worker:
         self._stop_requested = 0
         self._stop_deadline: float | None = None
         self._heartbeat = config.heartbeat
-        self._liveness = config.liveness
         self._last_heard = 0.0
         self._last_sent = 0.0
         self._registered = False
@@ -137,7 +119,7 @@ class Worker:
             now = time.monotonic()
             self._check_timeouts(now)
             if self._registered and now - self._last_sent >= self._heartbeat:
-                self._send(HEARTBEAT, {})
+                self._send(framing.HEARTBEAT, {})
             if now - self._last_heard > self._patience:
                 log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
                 # Not registered on this socket either: wait longer on the next
@@ -189,50 +171,50 @@ class Worker:
             running=[(r.job.id, r.job.lease) for r in self.running.values()] + self.outbox.leases(),
             schedules=self.registry.schedules,
         )
-        self._send(HELLO, hello.to_wire())
+        self._send(framing.HELLO, hello.to_wire())
         if self._stop_deadline is not None:
-            self._send(BYE, {})  # a new connection while stopping: no work, please
+            self._send(framing.BYE, {})  # a new connection while stopping: no work, please
 
     def _send(self, command: bytes, body: Any) -> None:
         assert self._socket is not None
         try:
-            send(self._socket, encode(command, body), zmq.NOBLOCK)
+            framing.send(self._socket, framing.encode(command, body), zmq.NOBLOCK)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.warning("could not send %s: broker not reachable", command.decode())
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        for frames in recv_waiting(sock, RECEIVE_BURST, recv):
+        for frames in framing.recv_waiting(sock, RECEIVE_BURST, framing.recv):
             self._last_heard = time.monotonic()
             try:
-                command, body = decode(frames)
+                command, body = framing.decode(frames)
                 self._on_message(command, body)
-            except ProtocolError as exc:
+            except framing.ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
 
     def _on_message(self, command: bytes, body: Any) -> None:
-        if command == JOB:
+        if command == framing.JOB:
             jobs = decode_jobs(body)
             if self._stop_requested:
                 self._hand_back(jobs)
             else:
                 for job in jobs:
                     self._start(job)
-        elif command == CONFIRM:
+        elif command == framing.CONFIRM:
             self.outbox.confirmed(body)
-        elif command == WELCOME:
+        elif command == framing.WELCOME:
             self._welcome(Welcome.from_wire(body))
-        elif command == CANCEL:
+        elif command == framing.CANCEL:
             for job_id in decode_cancel(body):
                 running = self.running.get(job_id)
                 if running is not None:
                     running.context.request_cancel()
-        elif command == RECONNECT and self._registered:
+        elif command == framing.RECONNECT and self._registered:
             # Not while a HELLO awaits its WELCOME: this RECONNECT answers a
             # message sent before it.
             log.info("the broker does not know this worker (it restarted?): saying HELLO again")
             self._hello()
-        elif command == ERROR:
+        elif command == framing.ERROR:
             log.error("broker error: %s", body)
 
     def _welcome(self, welcome: Welcome) -> None:
@@ -241,7 +223,7 @@ class Worker:
         if self._registered:
             return
         self._registered = True
-        self._heartbeat, self._liveness = welcome.heartbeat, welcome.liveness
+        self._heartbeat = welcome.heartbeat
         self._patience = welcome.heartbeat * welcome.liveness
         log.info("registered with the broker at %s", self.config.endpoint)
         for command, body in self.outbox.unconfirmed():
@@ -312,7 +294,7 @@ class Worker:
         if self._stop_deadline is None:
             assert self._executor is not None
             self._stop_deadline = time.monotonic() + self.config.grace
-            self._send(BYE, {})
+            self._send(framing.BYE, {})
             unstarted = self._executor.take_unstarted()
             for running in unstarted:
                 self.running.pop(running.job.id, None)
@@ -342,7 +324,7 @@ class Worker:
             if self.running:
                 leases = [[r.job.id, r.job.lease] for r in self.running.values()]
                 log.warning("handing back %d unfinished job(s)", len(leases))
-                self._send(RELEASE, {"jobs": leases})
+                self._send(framing.RELEASE, {"jobs": leases})
             if self.outbox:
                 log.warning("%d report(s) not confirmed by the broker", len(self.outbox))
             return True
