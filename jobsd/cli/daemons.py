@@ -33,6 +33,18 @@ def _keep_option(state: str, default: float | None) -> Callable[[F], F]:
     )
 
 
+def _limit_option(what: str, text: str) -> Callable[[F], F]:
+    """A ``--max-WHAT`` bound of the broker, its default from ``BrokerConfig``
+    (whose own check says which values cannot work)."""
+    return click.option(
+        f"--max-{what}",
+        type=int,
+        default=getattr(_BROKER, f"max_{what}"),
+        show_default=True,
+        help=text,
+    )
+
+
 @click.command()
 @click.option(
     "--bind",
@@ -75,27 +87,9 @@ def _keep_option(state: str, default: float | None) -> Callable[[F], F]:
     help="The broker's name in storage, the same across restarts "
     "[default: the host and the endpoint bound].",
 )
-@click.option(
-    "--max-payload",
-    type=int,
-    default=_BROKER.max_payload,
-    show_default=True,
-    help="The largest args or result of one job, in bytes.",
-)
-@click.option(
-    "--max-workers",
-    type=click.IntRange(min=1),
-    default=_BROKER.max_workers,
-    show_default=True,
-    help="Worker connections registered at once, at most.",
-)
-@click.option(
-    "--max-waiters",
-    type=click.IntRange(min=1),
-    default=_BROKER.max_waiters,
-    show_default=True,
-    help="Producers blocked in WAIT (Client.result) at once, at most.",
-)
+@_limit_option("payload", "The largest args or result of one job, in bytes.")
+@_limit_option("workers", "Worker connections registered at once, at most.")
+@_limit_option("waiters", "Producers blocked in WAIT (Client.result) at once, at most.")
 @click.option(
     "--keys",
     "keys_dir",
