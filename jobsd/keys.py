@@ -24,7 +24,7 @@ import zmq
 import zmq.auth
 
 from jobsd.errors import JobsdError
-from jobsd.protocol.roles import user_id
+from jobsd.protocol import roles
 
 log = logging.getLogger("jobsd.keys")
 
@@ -32,10 +32,10 @@ log = logging.getLogger("jobsd.keys")
 BROKER = "broker"
 #: Role folders under a keys directory, and the role each grants.
 ROLE_FOLDERS = {
-    "producers": "producer",
-    "workers": "worker",
-    "observers": "observer",
-    "admins": "admin",
+    "producers": roles.PRODUCER,
+    "workers": roles.WORKER,
+    "observers": roles.OBSERVER,
+    "admins": roles.ADMIN,
 }
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -55,7 +55,7 @@ class Identity:
     @property
     def user_id(self) -> str:
         """The ZAP User-Id libzmq attaches to each message of this peer."""
-        return user_id(self.role, self.name)
+        return roles.user_id(self.role, self.name)
 
 
 def keygen(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

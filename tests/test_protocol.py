@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from jobsd import JobOptions, JobRequest
+from jobsd.protocol import framing
 from jobsd.protocol.backoff import Backoff
 from jobsd.protocol.framing import ProtocolError, pack, unpack
 from jobsd.protocol.options import OPTION_NAMES
@@ -21,6 +22,7 @@ from jobsd.protocol.producer import (
     pack_args,
     read_cursor,
 )
+from jobsd.protocol.roles import permits, role_of
 from jobsd.protocol.worker import (
     Ack,
     Dispatch,
@@ -168,3 +170,11 @@ def test_list_pages_with_the_cursor_its_reply_gave() -> None:
 def test_ping_and_stats_take_a_map(body: Any) -> None:
     with pytest.raises(ProtocolError, match="map"):
         check_empty(body, "PING")
+
+
+def test_a_signed_sender_without_an_identity_may_send_nothing() -> None:
+    """Under keys a message whose sender the ZAP handler named no one comes
+    with the User-Id "": no role, so no command, never the keyless None."""
+    commands = framing.PRODUCER_COMMANDS | framing.WORKER_COMMANDS
+    assert not any(permits(role_of(""), command) for command in commands)
+    assert all(permits(role_of(None), command) for command in commands)

@@ -151,10 +151,12 @@ def recv(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
 
 def recv_signed(sock: zmq.Socket[Any], flags: int = 0) -> tuple[list[bytes], str | None]:
     """:func:`recv` on a socket with authentication (CURVE, checked by a ZAP
-    handler), and the User-Id the handler gave its sender."""
+    handler), and the User-Id the handler gave its sender: never None, which
+    means a broker without keys and so no roles at all; a sender the handler
+    named no one (a key removed between its two questions) is "", no role."""
     frames, last = _receive(sock, flags)
     user = last.get("User-Id")
-    return frames, user if isinstance(user, str) and user else None
+    return frames, user if isinstance(user, str) else ""
 
 
 def recv_unsigned(sock: zmq.Socket[Any], flags: int = 0) -> tuple[list[bytes], str | None]:
