@@ -96,6 +96,16 @@ def take(worker: RawPeer) -> Dispatch:
     return Dispatch.from_wire(item)
 
 
+def pushed(peer: RawPeer, count: int) -> dict[str, Dispatch]:
+    """The first ``count`` jobs the broker pushes to ``peer``, by id."""
+    jobs: dict[str, Dispatch] = {}
+    while len(jobs) < count:
+        for item in peer.recv(JOB)["jobs"]:
+            dispatched = Dispatch.from_wire(item)
+            jobs[dispatched.id] = dispatched
+    return jobs
+
+
 def test_a_silent_worker_is_lost_and_its_job_ready_again_with_the_attempt_counted(
     core: Core,
 ) -> None:
@@ -148,11 +158,7 @@ def test_a_worker_that_reconnects_takes_its_running_jobs_to_the_new_session(core
     old = core.peer()
     old.hello("w1", capacity=2)
     core.submit("a", "b")
-    jobs: dict[str, Dispatch] = {}
-    while len(jobs) < 2:
-        for item in old.recv(JOB)["jobs"]:
-            dispatched = Dispatch.from_wire(item)
-            jobs[dispatched.id] = dispatched
+    jobs = pushed(old, 2)
     old.close()
     core.peers.remove(old)
     new = core.peer()
@@ -229,10 +235,7 @@ def test_jobs_of_a_vanished_connection_wait_one_liveness_for_their_worker(core: 
     old = core.peer()
     old.hello("w1", capacity=2)
     core.submit("a", "b")
-    jobs: dict[str, Dispatch] = {}
-    while len(jobs) < 2:
-        for item in old.recv(JOB)["jobs"]:
-            jobs[Dispatch.from_wire(item).id] = Dispatch.from_wire(item)
+    jobs = pushed(old, 2)
     old.close()
     core.peers.remove(old)
     core.advance(1.0)  # a heartbeat to it fails: its session ends
