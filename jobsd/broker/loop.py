@@ -105,8 +105,12 @@ class Broker:
             self._gatekeeper = Gatekeeper(self._context, self.keys)
             self._gatekeeper.start()
             self.keys.serve(sock)
-        sock.bind(self.endpoint)
         self._socket = sock
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError:  # a malformed endpoint, a port taken: nothing left running
+            self._close()
+            raise
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.config = self.config.named_for(self.endpoint)
         self.manager.config = self.config
@@ -144,12 +148,17 @@ class Broker:
             log.info("stopping")
         finally:
             self._flush_pending()
-            sock.close(linger=0)
-            self._socket = None
-            if self._gatekeeper is not None:
-                self._gatekeeper.stop()
-                self._gatekeeper = None
+            self._close()
             log.info("broker stopped")
+
+    def _close(self) -> None:
+        """Close the socket and stop the ZAP handler's thread."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
+            self._gatekeeper = None
 
     # -- one loop turn --------------------------------------------------------------
 
